@@ -1,0 +1,249 @@
+"""Config schema, defaults and validation (ml_collections).
+
+`base_config()` holds every field with the originals' default and where it comes from
+(ORIGINALS.md section in brackets). Files in `configs/` start from it and set a preset:
+
+    python -m advseg_jax train --config configs/voc.py:adv_semi_0.125 --workdir runs/voc
+        --config.num_steps=1000 --config.method.lambda_adv=0.01
+
+`validate(config)` checks types and ranges of every field at start-up and names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Tuple
+
+import ml_collections
+
+from advseg_jax import methods
+from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
+from advseg_jax.models.resnet import RESNET_DEPTHS
+
+MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # [§6.5] IMG_MEAN, B, G, R, 0-255.
+
+
+def stream_config(name: str = "shapes", **overrides: Any) -> ml_collections.ConfigDict:
+  """One data stream (see `advseg_jax.data`): dataset, split handling and augmentation."""
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.config_name = ml_collections.config_dict.placeholder(str)  # builder config ('source', ...)
+  c.data_dir = ml_collections.config_dict.placeholder(str)     # TFDS data_dir
+  c.manual_dir = ml_collections.config_dict.placeholder(str)
+  c.split = "train"
+  c.crop_size = (321, 321)          # [§6.1] --input-size 321,321 (h, w); None = no crop
+  c.resize_size = ml_collections.config_dict.placeholder(tuple)  # [§7.3] whole-image resize
+  c.random_scale = False            # [§6.1] off in the README command
+  c.random_mirror = False           # [§6.1] off in the README command
+  c.channel_order = "RGB"           # [§6.5] AdvSemiSeg feeds RGB; AdaptSegNet BGR [§7.3]
+  c.mean_bgr = MEAN_BGR
+  c.gt_loader = "plain"             # 'advsemi' = VOCGTDataSet rescale-retry semantics [§6.5]
+  c.eval_mode = "none"              # 'pad' (VOC 505) | 'resize' (Cityscapes 1024x512) | 'none'
+  c.eval_pad_size = (505, 505)      # [§6.6]
+  c.eval_resize_size = (512, 1024)  # [§7.4]
+  c.num_workers = 0
+  c.skip_bad_examples = False
+  c.update(overrides)
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 1234                     # [§6.1] --random-seed (unused by the originals; used here)
+  c.num_steps = 20000               # [§6.1] poly-schedule length
+  c.num_steps_stop = ml_collections.config_dict.placeholder(int)  # [§7.1] early stop (150000)
+  c.batch_size = 10                 # [§6.1] global batch per stream
+  c.iter_size = 1                   # [§6.1] gradient accumulation
+
+  c.method = ml_collections.ConfigDict()
+  c.method.name = "advsemi"
+  c.method.gan = "vanilla"          # 'vanilla' BCE | 'ls' LS-GAN [§7.1] | 'softmax2' ICLR D [§4.2]
+  c.method.lambda_adv = 0.01        # advsemi: README --lambda-adv-pred [§6.1]; adaptseg: lambda_adv_target2
+  c.method.lambda_semi = 0.1        # [§6.1]
+  c.method.lambda_semi_adv = 0.001  # [§6.1]
+  c.method.mask_T = 0.2             # [§6.1]
+  c.method.semi_start = 5000        # [§6.1]
+  c.method.semi_start_adv = 0       # [§6.1]
+  c.method.d_remain = True          # [§6.1]
+  c.method.real_label_smoothing = 0.0  # ICLR reproduction uses 0.1 [§4.2]
+  c.method.lambda_seg = 0.1         # [§7.1] aux CE weight (multi-level)
+  c.method.lambda_adv_aux = 0.0002  # [§7.1] lambda_adv_target1
+  c.method.label_encoding = "basic"  # luc: 'basic' | 'product' | 'scaling'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = "deeplabv2"
+  c.model.num_classes = 21
+  c.model.depths = "resnet101"
+  c.model.width = 64
+  c.model.stride_in_1x1 = True
+  c.model.aspp_branches_used = 2    # [§1.2] the released models' buggy ASPP
+  c.model.bn_mode = "batch_stats"   # [§1.1] model.train() with frozen affine
+  c.model.sync_bn = False
+  c.model.dtype = "float32"
+
+  c.disc = ml_collections.ConfigDict()
+  c.disc.arch = "fc"                # [§4.1]
+  c.disc.ndf = 64
+  c.disc.dtype = "float32"
+
+  c.optim_g = ml_collections.ConfigDict()
+  c.optim_g.lr = 2.5e-4             # [§6.1]
+  c.optim_g.momentum = 0.9
+  c.optim_g.weight_decay = 5e-4
+  c.optim_g.power = 0.9
+  c.optim_g.legacy_duplicate_updates = False  # [§1.5] True = PyTorch 0.2-0.4 dynamics
+
+  c.optim_d = ml_collections.ConfigDict()
+  c.optim_d.name = "adam"           # [§4.1] Adam(1e-4, (0.9, 0.99))
+  c.optim_d.lr = 1e-4
+  c.optim_d.b1 = 0.9
+  c.optim_d.b2 = 0.99
+  c.optim_d.momentum = 0.5          # sgd only (ICLR reproduction [§4.2])
+  c.optim_d.nesterov = False
+  c.optim_d.weight_decay = 0.0
+  c.optim_d.power = 0.9
+
+  c.data = stream_config("voc_aug")            # labelled / source stream
+  c.target_data = stream_config("cityscapes")  # adaptseg target stream
+  c.eval_data = stream_config("voc_aug", split="validation", crop_size=None, eval_mode="pad")
+  c.labelled_fraction = 1.0         # [§6.1] --partial-data (0.5 default there; presets set it)
+  c.split_file = ml_collections.config_dict.placeholder(str)  # our JSON or train_id.pkl
+
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ml_collections.config_dict.placeholder(str)  # .pth or converted model dir
+  c.init.rule = "advsemi"           # converter loading rule [§3.3]
+  c.init.d_checkpoint = ml_collections.config_dict.placeholder(str)
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "pmap"
+
+  c.log_every = 10
+  c.eval_every = 1000
+  c.eval_max_examples = 0           # 0 = the whole split
+  c.checkpoint_every = 5000         # [§6.1] --save-pred-every
+  c.keep_checkpoints = 3
+
+  c.diagnostics = ml_collections.ConfigDict()
+  c.diagnostics.grad_norms = False
+  c.diagnostics.skip_nonfinite = False  # False: stop the run naming the term
+  c.diagnostics.d_wins_threshold = 0.05  # D loss below this ...
+  c.diagnostics.d_wins_patience = 50     # ... for this many logged steps -> warning
+  c.diagnostics.d_collapse_accuracy = 0.55
+  return c
+
+
+# ----------------------------------------------------------------------------- validation
+class ConfigError(ValueError):
+  """An invalid config value; the message names the field."""
+
+
+def _check(cond: bool, field: str, expected: str, value: Any) -> None:
+  if not cond:
+    raise ConfigError(f"config.{field} = {value!r} is invalid: expected {expected}")
+
+
+def _is_num(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _pair(v: Any) -> Optional[Tuple[int, int]]:
+  if v is None:
+    return None
+  if isinstance(v, Iterable) and not isinstance(v, str):
+    v = tuple(v)
+    if len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v):
+      return v
+  raise TypeError
+
+
+def _check_stream(c: Any, prefix: str) -> None:
+  _check(isinstance(c.name, str) and bool(c.name), f"{prefix}.name", "a dataset name", c.name)
+  for f in ("crop_size", "resize_size", "eval_pad_size", "eval_resize_size"):
+    try:
+      _pair(c[f])
+    except TypeError:
+      _check(False, f"{prefix}.{f}", "None or two positive ints (h, w)", c[f])
+  _check(c.channel_order in ("RGB", "BGR"), f"{prefix}.channel_order", "'RGB' or 'BGR'",
+         c.channel_order)
+  _check(len(tuple(c.mean_bgr)) == 3 and all(_is_num(x) for x in c.mean_bgr),
+         f"{prefix}.mean_bgr", "three numbers (B, G, R)", c.mean_bgr)
+  _check(c.gt_loader in ("plain", "advsemi"), f"{prefix}.gt_loader", "'plain' or 'advsemi'",
+         c.gt_loader)
+  _check(c.eval_mode in ("pad", "resize", "none"), f"{prefix}.eval_mode",
+         "'pad', 'resize' or 'none'", c.eval_mode)
+  _check(isinstance(c.num_workers, int) and c.num_workers >= 0, f"{prefix}.num_workers",
+         "an int >= 0", c.num_workers)
+
+
+def validate(c: Any, *, num_devices: int = 1) -> None:
+  """Raises ConfigError naming the first invalid field."""
+  m = c.method
+  _check(m.name in methods.METHODS, "method.name", f"one of {methods.METHODS}", m.name)
+  _check(m.gan in ("vanilla", "ls", "softmax2"), "method.gan", "'vanilla', 'ls' or 'softmax2'",
+         m.gan)
+  for f in ("lambda_adv", "lambda_semi", "lambda_semi_adv", "lambda_seg", "lambda_adv_aux"):
+    _check(_is_num(m[f]) and m[f] >= 0, f"method.{f}", "a number >= 0", m[f])
+  _check(_is_num(m.mask_T) and 0 <= m.mask_T <= 1, "method.mask_T", "a number in [0, 1]",
+         m.mask_T)
+  _check(_is_num(m.real_label_smoothing) and 0 <= m.real_label_smoothing < 0.5,
+         "method.real_label_smoothing", "a number in [0, 0.5)", m.real_label_smoothing)
+  for f in ("semi_start", "semi_start_adv"):
+    _check(isinstance(m[f], int) and m[f] >= 0, f"method.{f}", "an int >= 0", m[f])
+  _check(m.label_encoding in methods.LABEL_ENCODINGS, "method.label_encoding",
+         f"one of {methods.LABEL_ENCODINGS}", m.label_encoding)
+  _check((m.gan == "softmax2") == (c.disc.arch == "fc2") or m.name == "supervised",
+         "method.gan", "'softmax2' exactly when disc.arch == 'fc2'", m.gan)
+
+  g = c.model
+  _check(g.arch in GENERATOR_ARCHS, "model.arch", f"one of {GENERATOR_ARCHS}", g.arch)
+  _check(isinstance(g.num_classes, int) and g.num_classes >= 2, "model.num_classes",
+         "an int >= 2", g.num_classes)
+  depths_ok = (g.depths in RESNET_DEPTHS) if isinstance(g.depths, str) else (
+      len(tuple(g.depths)) == 4 and all(isinstance(d, int) and d >= 1 for d in g.depths))
+  _check(depths_ok, "model.depths", f"one of {sorted(RESNET_DEPTHS)} or 4 positive ints",
+         g.depths)
+  _check(isinstance(g.width, int) and g.width >= 4, "model.width", "an int >= 4", g.width)
+  _check(g.aspp_branches_used in (1, 2, 3, 4), "model.aspp_branches_used", "1..4 (2 = released)",
+         g.aspp_branches_used)
+  _check(g.bn_mode in ("batch_stats", "frozen"), "model.bn_mode", "'batch_stats' or 'frozen'",
+         g.bn_mode)
+  _check(g.dtype in DTYPES, "model.dtype", f"one of {sorted(DTYPES)}", g.dtype)
+  _check(c.disc.arch in DISCRIMINATOR_ARCHS, "disc.arch", f"one of {DISCRIMINATOR_ARCHS}",
+         c.disc.arch)
+  _check((c.disc.arch == "image_label") == (m.name == "luc") or m.name == "supervised",
+         "disc.arch", "'image_label' exactly for method 'luc'", c.disc.arch)
+
+  for prefix in ("optim_g", "optim_d"):
+    o = c[prefix]
+    _check(_is_num(o.lr) and o.lr > 0, f"{prefix}.lr", "a number > 0", o.lr)
+    _check(_is_num(o.power) and o.power >= 0, f"{prefix}.power", "a number >= 0", o.power)
+    _check(_is_num(o.weight_decay) and o.weight_decay >= 0, f"{prefix}.weight_decay",
+           "a number >= 0", o.weight_decay)
+    _check(_is_num(o.momentum) and 0 <= o.momentum < 1, f"{prefix}.momentum", "in [0, 1)",
+           o.momentum)
+  _check(c.optim_d.name in ("adam", "sgd"), "optim_d.name", "'adam' or 'sgd'", c.optim_d.name)
+
+  for f in ("num_steps", "batch_size", "iter_size", "log_every", "eval_every",
+            "checkpoint_every", "keep_checkpoints"):
+    _check(isinstance(c[f], int) and c[f] >= 1, f, "an int >= 1", c[f])
+  _check(c.num_steps_stop is None or (isinstance(c.num_steps_stop, int)
+                                      and 1 <= c.num_steps_stop <= c.num_steps),
+         "num_steps_stop", "None or an int in [1, num_steps]", c.num_steps_stop)
+  _check(isinstance(c.eval_max_examples, int) and c.eval_max_examples >= 0, "eval_max_examples",
+         "an int >= 0", c.eval_max_examples)
+  _check(_is_num(c.labelled_fraction) and 0 < c.labelled_fraction <= 1, "labelled_fraction",
+         "a number in (0, 1]", c.labelled_fraction)
+  _check(c.parallel.mode in ("pmap", "shard_map", "jit"), "parallel.mode",
+         "'pmap', 'shard_map' or 'jit'", c.parallel.mode)
+  per_step = c.batch_size
+  _check(per_step % max(num_devices, 1) == 0, "batch_size",
+         f"a multiple of the device count ({num_devices})", c.batch_size)
+  _check((per_step // max(num_devices, 1)) % c.iter_size == 0, "iter_size",
+         f"a divisor of the per-device batch ({per_step // max(num_devices, 1)})", c.iter_size)
+  if m.name == "advsemi" and c.labelled_fraction >= 1.0:
+    _check(m.lambda_semi == 0 and m.lambda_semi_adv == 0, "method.lambda_semi",
+           "0 (with lambda_semi_adv 0) when labelled_fraction is 1.0: there is no unlabelled "
+           "data", m.lambda_semi)
+  for prefix in ("data", "target_data", "eval_data"):
+    _check_stream(c[prefix], prefix)
+  _check(isinstance(c.diagnostics.d_wins_patience, int) and c.diagnostics.d_wins_patience >= 1,
+         "diagnostics.d_wins_patience", "an int >= 1", c.diagnostics.d_wins_patience)

@@ -1,0 +1,134 @@
+"""Optimisers of the originals as optax transformations (ORIGINALS.md §1.5, §6.1, §7.1).
+
+Generator: SGD (momentum 0.9, weight decay 5e-4) with a poly(0.9) schedule, 10x learning
+rate for the classifier head(s), BN affine frozen (no update, no decay), and the dead ASPP
+branches of the released models untouched (PyTorch skips parameters whose grad is None).
+
+`legacy_duplicate_updates=True` reproduces how PyTorch 0.2-0.4 applied the originals'
+`optim_parameters()`, which lists each bottleneck conv 3 times, each downsample conv 4
+times and the stem once: per iteration and per listing, in order,
+    grad += wd * p;  buf = momentum * buf + grad;  p -= lr * buf
+with the gradient modified in place and one shared momentum buffer.
+
+Discriminator: Adam(1e-4, b1=0.9, b2=0.99) with the same poly decay (or the ICLR
+reproduction's SGD with momentum 0.5, nesterov, weight decay 1e-4).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def poly_schedule(base_lr: float, num_steps: int, power: float = 0.9) -> Schedule:
+  """`lr_poly`: base_lr * (1 - step / num_steps) ** power (step counted from 0)."""
+  return optax.polynomial_schedule(init_value=base_lr, end_value=0.0, power=power,
+                                   transition_steps=max(int(num_steps), 1))
+
+
+# ----------------------------------------------------------------------------- multiplicities
+def generator_param_roles(params: Any, head_names, aspp_branches_used: int,
+                          legacy_duplicate_updates: bool) -> tuple[Any, Any]:
+  """Per-leaf (multiplicity, lr multiplier) trees for the generator's parameters.
+
+  multiplicity 0 = frozen (BN affine, dead ASPP branches); 1 = one SGD update per step;
+  3 / 4 = bottleneck / downsample convs under `legacy_duplicate_updates`.
+  lr multiplier 10 for the classifier head(s), 1 elsewhere.
+  """
+  flat = traverse_util.flatten_dict(params)
+  mult, lr_mult = {}, {}
+  for path in flat:
+    top, leaf_module = path[0], path[-2] if len(path) >= 2 else ""
+    is_bn = leaf_module.startswith("bn") or leaf_module.endswith("_bn")
+    if top in head_names:
+      branch = int(leaf_module.replace("conv", "")) if leaf_module.startswith("conv") else 0
+      mult[path] = 1 if branch < aspp_branches_used else 0
+      lr_mult[path] = 10.0
+      continue
+    lr_mult[path] = 1.0
+    if is_bn:
+      mult[path] = 0
+    elif not legacy_duplicate_updates or top == "conv1":
+      mult[path] = 1
+    elif leaf_module == "downsample_conv":
+      mult[path] = 4
+    else:
+      mult[path] = 3
+  return (traverse_util.unflatten_dict(mult), traverse_util.unflatten_dict(lr_mult))
+
+
+class TorchSGDState(NamedTuple):
+  count: jax.Array
+  momentum: Any
+
+
+def torch_sgd(schedule: Schedule, multiplicity: Any, lr_multiplier: Any, *,
+              momentum: float = 0.9, weight_decay: float = 5e-4) -> optax.GradientTransformation:
+  """PyTorch SGD (coupled weight decay, dampening 0) with per-leaf multiplicity and LR scale.
+
+  Each leaf is updated `multiplicity` times per step (0 = frozen: no update, no decay, no
+  momentum), exactly as PyTorch <= 0.4 did for a parameter listed that many times in one
+  parameter group. Requires `params` in `update`.
+  """
+
+  def init_fn(params):
+    return TorchSGDState(count=jnp.zeros([], jnp.int32),
+                         momentum=jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(grads, state, params=None):
+    if params is None:
+      raise ValueError("torch_sgd needs params")
+    lr = schedule(state.count)
+
+    def leaf(g, buf, p, k, scale):
+      p_new, grad = p, g
+      for _ in range(int(k)):
+        grad = grad + weight_decay * p_new
+        buf = momentum * buf + grad
+        p_new = p_new - (lr * scale) * buf
+      return p_new - p, buf
+
+    out = jax.tree.map(leaf, grads, state.momentum, params, multiplicity, lr_multiplier)
+    is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and not isinstance(x[0], tuple)
+    updates = jax.tree.map(lambda o: o[0], out, is_leaf=is_pair)
+    new_buf = jax.tree.map(lambda o: o[1], out, is_leaf=is_pair)
+    return updates, TorchSGDState(count=state.count + 1, momentum=new_buf)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def generator_optimizer(params: Any, cfg: Any, *, head_names, aspp_branches_used: int,
+                        num_steps: int) -> optax.GradientTransformation:
+  """G optimiser from `config.optim_g` (lr, momentum, weight_decay, power,
+  legacy_duplicate_updates)."""
+  mult, lr_mult = generator_param_roles(params, tuple(head_names), aspp_branches_used,
+                                        bool(cfg.legacy_duplicate_updates))
+  return torch_sgd(poly_schedule(cfg.lr, num_steps, cfg.power), mult, lr_mult,
+                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def discriminator_optimizer(cfg: Any, *, num_steps: int) -> optax.GradientTransformation:
+  """D optimiser from `config.optim_d` (name 'adam' | 'sgd', lr, b1, b2, momentum, nesterov,
+  weight_decay, power)."""
+  schedule = poly_schedule(cfg.lr, num_steps, cfg.power)
+  if cfg.name == "adam":
+    tx = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=1e-8)
+    if cfg.weight_decay:
+      # torch.optim.Adam(weight_decay=...) adds wd * p to the gradient (coupled).
+      tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx)
+    return tx
+  if cfg.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                       optax.sgd(schedule, momentum=cfg.momentum, nesterov=bool(cfg.nesterov)))
+  raise ValueError(f"optim_d.name must be 'adam' or 'sgd', got {cfg.name!r}")
+
+
+def learning_rate(cfg: Any, num_steps: int, step) -> jax.Array:
+  """The base (1x) learning rate of an optimiser config at `step`."""
+  return poly_schedule(cfg.lr, num_steps, cfg.power)(step)

@@ -1,0 +1,174 @@
+"""Per-device step bodies: one generic G+D training iteration and an evaluation forward.
+
+The bodies contain their collectives (`lax.pmean(..., axis_name)`) and nothing else about
+devices; `advseg_jax.train.parallel` binds them with `jax.pmap` or `jit(shard_map)`.
+With `axis_name=None` they are ordinary single-device functions (for `jax.jit`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from advseg_jax import methods
+from advseg_jax.models.deeplab import upsample_logits
+from advseg_jax.train import optim
+from advseg_jax.train.state import TrainStates
+
+Batch = Dict[str, Dict[str, jax.Array]]
+Metrics = Dict[str, jax.Array]
+
+
+def bind_generator(g_model) -> Callable:
+  """g_apply(params, batch_stats, images, train) -> (levels tuple, new batch_stats)."""
+
+  def g_apply(params, batch_stats, images, train):
+    out, mutated = g_model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                 train=train, mutable=["batch_stats"])
+    levels = out if isinstance(out, tuple) else (out,)
+    return levels, mutated["batch_stats"]
+
+  return g_apply
+
+
+def bind_discriminator(d_model) -> Optional[Callable]:
+  if d_model is None:
+    return None
+  return lambda level_params, *inputs: d_model.apply({"params": level_params}, *inputs)
+
+
+def make_context(config: Any, g_model, d_model, axis_name: Optional[str]) -> methods.Context:
+  return methods.Context(g_apply=bind_generator(g_model), d_apply=bind_discriminator(d_model),
+                         num_classes=int(config.model.num_classes), hp=config.method,
+                         gan=config.method.gan, axis_name=axis_name)
+
+
+def _split(batch: Batch, n: int, i: int) -> Batch:
+  """The i-th of n equal chunks of every stream along the batch axis (iter_size)."""
+  if n == 1:
+    return batch
+  out = {}
+  for stream, arrays in batch.items():
+    out[stream] = {}
+    for k, v in arrays.items():
+      size = v.shape[0] // n
+      out[stream][k] = v[i * size:(i + 1) * size]
+  return out
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = None):
+  """Returns `step(states, batch, rng) -> (states, metrics)` for `config.method.name`.
+
+  batch: {stream: {'image': [B,H,W,3] f32, 'label': [B,H,W] i32}} per device, with
+  B = iter_size * batch_size (split into iter_size chunks; gradients are averaged like the
+  originals' `loss / iter_size` accumulation). All metrics are scalars, averaged over devices.
+  """
+  method = methods.get_method(config.method.name)
+  ctx = make_context(config, g_model, d_model, axis_name)
+  iter_size = int(config.iter_size)
+  grad_norms = bool(config.diagnostics.grad_norms)
+  skip_nonfinite = bool(config.diagnostics.skip_nonfinite)
+  sync_bn = bool(config.model.sync_bn)
+  num_steps = int(config.num_steps)
+
+  def pmean(x):
+    return lax.pmean(x, axis_name) if axis_name is not None else x
+
+  def step(states: TrainStates, batch: Batch, rng: jax.Array) -> Tuple[TrainStates, Metrics]:
+    del rng  # The originals' step is deterministic given the batch.
+    g_params, batch_stats = states.g.params, states.g.batch_stats
+    d_params = states.d.params if states.d is not None else None
+    g_grads = jax.tree.map(jnp.zeros_like, g_params)
+    d_grads = jax.tree.map(jnp.zeros_like, d_params) if d_params is not None else None
+    metrics: Metrics = {}
+    for i in range(iter_size):
+      sub = _split(batch, iter_size, i)
+
+      def g_terms(p, bs=batch_stats, sub=sub):
+        loss, (bs_new, m, d_in) = method.generator_loss(ctx, p, bs, d_params, sub, states.step)
+        seg = m.get("g/loss_seg", jnp.zeros([]))
+        return jnp.stack([loss, seg]), (bs_new, m, d_in)
+
+      terms, pullback, (batch_stats, m_g, d_inputs) = jax.vjp(g_terms, g_params, has_aux=True)
+      (grads_total,) = pullback(jnp.array([1.0, 0.0], terms.dtype))
+      if grad_norms:
+        (grads_seg,) = pullback(jnp.array([0.0, 1.0], terms.dtype))
+        grads_adv = jax.tree.map(jnp.subtract, grads_total, grads_seg)
+        m_g["g/grad_norm_seg"] = optax.global_norm(pmean(grads_seg))
+        m_g["g/grad_norm_adv"] = optax.global_norm(pmean(grads_adv))
+      g_grads = jax.tree.map(lambda a, g: a + g / iter_size, g_grads, grads_total)
+      m_all = dict(m_g)
+      if method.uses_discriminator:
+        d_inputs = lax.stop_gradient(d_inputs)
+        (_, m_d), grads_d = jax.value_and_grad(
+            lambda p, d_in=d_inputs, sub=sub: method.discriminator_loss(ctx, p, d_in, sub),
+            has_aux=True)(d_params)
+        d_grads = jax.tree.map(lambda a, g: a + g / iter_size, d_grads, grads_d)
+        m_all.update(m_d)
+      for k, v in m_all.items():
+        metrics[k] = metrics.get(k, 0.0) + v / iter_size
+
+    g_grads = pmean(g_grads)
+    if not sync_bn:
+      batch_stats = pmean(batch_stats)
+    new_g = states.g.apply_gradients(grads=g_grads).replace(batch_stats=batch_stats)
+    new_d = states.d
+    if method.uses_discriminator:
+      d_grads = pmean(d_grads)
+      new_d = states.d.apply_gradients(grads=d_grads)
+    metrics = pmean(metrics)
+    finite = _all_finite((metrics, g_grads, d_grads))
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    metrics["lr/g"] = optim.learning_rate(config.optim_g, num_steps, states.step)
+    if method.uses_discriminator:
+      metrics["lr/d"] = optim.learning_rate(config.optim_d, num_steps, states.step)
+    new_states = TrainStates(step=states.step + 1, g=new_g, d=new_d)
+    if skip_nonfinite:
+      keep = lambda new, old: jnp.where(finite, new, old)
+      new_states = jax.tree.map(keep, new_states,
+                                states.replace(step=states.step + 1))
+    return new_states, metrics
+
+  return step
+
+
+def make_predict_fn(g_model, *, flip: bool = False, scales=(1.0,)):
+  """Returns `predict(variables, images, out_hw) -> probabilities [B, H, W, C]` (eval mode).
+
+  Main-level logits are upsampled (bilinear, align_corners=True) to `out_hw`, softmaxed and
+  averaged over `scales` (input resized by each factor) and horizontal flips when `flip`.
+  With the defaults it is exactly the originals' single-scale evaluation forward.
+  """
+
+  def forward(variables, x, out_hw):
+    out = g_model.apply(variables, x, train=False)
+    logits = out[-1] if isinstance(out, tuple) else out
+    return upsample_logits(logits, out_hw)
+
+  def predict(variables, images, out_hw):
+    probs = None
+    h, w = images.shape[1:3]
+    for s in scales:
+      x = images if s == 1.0 else upsample_logits(images, (int(round(h * s)), int(round(w * s))))
+      views = [(x, False)] + ([(x[:, :, ::-1], True)] if flip else [])
+      for view, flipped in views:
+        logits = forward(variables, view, out_hw)
+        if flipped:
+          logits = logits[:, :, ::-1]
+        p = jax.nn.softmax(logits, axis=-1)
+        probs = p if probs is None else probs + p
+    n = len(scales) * (2 if flip else 1)
+    return probs / n if n > 1 else probs
+
+  return predict
