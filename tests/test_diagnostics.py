@@ -1,0 +1,59 @@
+"""GAN diagnostics and preemption guard (host-side logic)."""
+
+import math
+import os
+import signal
+
+import pytest
+
+from advseg_jax import diagnostics
+from advseg_jax.preemption import PreemptionGuard
+
+
+def _m(d_loss, acc_r=0.9, acc_f=0.9, out_r=0.9, out_f=0.1, **extra):
+  return {"d/loss": d_loss, "d/acc_real": acc_r, "d/acc_fake": acc_f, "d/out_real": out_r,
+          "d/out_fake": out_f, **extra}
+
+
+def test_d_wins_warns_after_patience_once_per_episode():
+  mon = diagnostics.GanMonitor(d_wins_threshold=0.05, patience=3)
+  out = [mon.update(s, _m(0.01)) for s in range(5)]
+  assert [bool(w) for w in out] == [False, False, True, False, False]
+  assert "D wins" in out[2][0] and "lambda_adv" in out[2][0] and "real_label_smoothing" in out[2][0]
+  assert mon.update(5, _m(0.4)) == []          # episode ends
+  out = [mon.update(s, _m(0.01)) for s in range(6, 9)]
+  assert out[-1] and "step 8" in out[-1][0]    # a new episode warns again
+
+
+def test_d_collapse_warns():
+  mon = diagnostics.GanMonitor(patience=2)
+  m = _m(0.69, acc_r=0.5, acc_f=0.5, out_r=0.5, out_f=0.5)
+  assert mon.update(0, m) == []
+  warn = mon.update(1, m)
+  assert warn and "collapsed" in warn[0]
+
+
+def test_no_discriminator_no_warning():
+  assert diagnostics.GanMonitor(patience=1).update(0, {"g/loss": 1.0}) == []
+
+
+def test_nonfinite_raises_with_step_and_term():
+  metrics = {"g/loss_seg": 1.0, "g/loss_adv": math.nan, "nonfinite": 1.0}
+  with pytest.raises(diagnostics.NonFiniteError, match=r"step 7: .*g/loss_adv"):
+    diagnostics.check_finite(7, metrics, skip=False)
+  msg = diagnostics.check_finite(7, metrics, skip=True)
+  assert "skipped" in msg and "g/loss_adv" in msg
+  assert diagnostics.check_finite(7, {"g/loss": 1.0, "nonfinite": 0.0}, skip=False) is None
+
+
+def test_nonfinite_gradient_only_is_named():
+  with pytest.raises(diagnostics.NonFiniteError, match="gradient"):
+    diagnostics.check_finite(3, {"g/loss": 1.0, "nonfinite": 1.0}, skip=False)
+
+
+def test_preemption_guard_catches_sigterm_and_restores():
+  before = signal.getsignal(signal.SIGTERM)
+  with PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.requested and guard.signal_name == "SIGTERM"
+  assert signal.getsignal(signal.SIGTERM) == before
