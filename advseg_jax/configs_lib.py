@@ -16,33 +16,24 @@ from typing import Any, Iterable, Optional, Tuple
 import ml_collections
 
 from advseg_jax import methods
+from advseg_jax.data import config as data_config
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
 from advseg_jax.models.resnet import RESNET_DEPTHS
 
 MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # [§6.5] IMG_MEAN, B, G, R, 0-255.
 
 
-def stream_config(name: str = "shapes", **overrides: Any) -> ml_collections.ConfigDict:
-  """One data stream (see `advseg_jax.data`): dataset, split handling and augmentation."""
-  c = ml_collections.ConfigDict()
-  c.name = name
-  c.config_name = ml_collections.config_dict.placeholder(str)  # builder config ('source', ...)
-  c.data_dir = ml_collections.config_dict.placeholder(str)     # TFDS data_dir
-  c.manual_dir = ml_collections.config_dict.placeholder(str)
-  c.split = "train"
-  c.crop_size = (321, 321)          # [§6.1] --input-size 321,321 (h, w); None = no crop
-  c.resize_size = ml_collections.config_dict.placeholder(tuple)  # [§7.3] whole-image resize
-  c.random_scale = False            # [§6.1] off in the README command
-  c.random_mirror = False           # [§6.1] off in the README command
-  c.channel_order = "RGB"           # [§6.5] AdvSemiSeg feeds RGB; AdaptSegNet BGR [§7.3]
-  c.mean_bgr = MEAN_BGR
-  c.gt_loader = "plain"             # 'advsemi' = VOCGTDataSet rescale-retry semantics [§6.5]
-  c.eval_mode = "none"              # 'pad' (VOC 505) | 'resize' (Cityscapes 1024x512) | 'none'
-  c.eval_pad_size = (505, 505)      # [§6.6]
-  c.eval_resize_size = (512, 1024)  # [§7.4]
-  c.num_workers = 0
-  c.skip_bad_examples = False
-  c.update(overrides)
+def stream_config(name: str = "shapes", split: str = "train",
+                  **overrides: Any) -> ml_collections.ConfigDict:
+  """One data stream: `advseg_jax.data.dataset_config` fields plus the `split` to read.
+
+  Defaults here are AdvSemiSeg's VOC training stream [§6.1, §6.5]: crop 321x321, RGB input,
+  no random scale or mirror (the README command enables neither).
+  """
+  defaults = dict(name=name, crop_size=(321, 321), channel_order="RGB", mean_bgr=MEAN_BGR)
+  defaults.update(overrides)
+  c = data_config.dataset_config(**defaults)
+  c.split = split
   return c
 
 
@@ -105,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = stream_config("voc_aug")            # labelled / source stream
   c.target_data = stream_config("cityscapes")  # adaptseg target stream
   c.eval_data = stream_config("voc_aug", split="validation", crop_size=None, eval_mode="pad")
-  c.labelled_fraction = 1.0         # [§6.1] --partial-data (0.5 default there; presets set it)
+  c.labelled_fraction = 0.5         # [§6.1] --partial-data default
   c.split_file = ml_collections.config_dict.placeholder(str)  # our JSON or train_id.pkl
 
   c.init = ml_collections.ConfigDict()
@@ -162,8 +153,8 @@ def _check_stream(c: Any, prefix: str) -> None:
       _pair(c[f])
     except TypeError:
       _check(False, f"{prefix}.{f}", "None or two positive ints (h, w)", c[f])
-  _check(c.channel_order in ("RGB", "BGR"), f"{prefix}.channel_order", "'RGB' or 'BGR'",
-         c.channel_order)
+  _check(c.channel_order in ("RGB", "BGR", None), f"{prefix}.channel_order",
+         "'RGB', 'BGR' or None (the dataset's default)", c.channel_order)
   _check(len(tuple(c.mean_bgr)) == 3 and all(_is_num(x) for x in c.mean_bgr),
          f"{prefix}.mean_bgr", "three numbers (B, G, R)", c.mean_bgr)
   _check(c.gt_loader in ("plain", "advsemi"), f"{prefix}.gt_loader", "'plain' or 'advsemi'",
