@@ -1,0 +1,106 @@
+"""Parity of the torch-exact primitives in `advseg_jax.models.layers` with PyTorch (CPU).
+
+Fresh random inputs every run; the seed is in every assertion message. Relative error is
+max|jax - torch| / max|torch|.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import jax.numpy as jnp
+
+from advseg_jax.models import layers
+from advseg_jax.models.deeplab import output_size
+from torch_reference import fresh_rng, nchw_to_nhwc, nhwc_to_nchw, output_size as torch_out
+from torch_reference import rel_err
+
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("src,dst", [
+    ((41, 41), (321, 321)),   # VOC logits -> crop (up, odd)
+    ((40, 33), (81, 64)),     # mixed even/odd up
+    ((13, 10), (97, 73)),
+    ((65, 97), (33, 20)),     # down
+    ((64, 128), (31, 50)),    # down, even
+    ((9, 16), (9, 31)),       # one axis unchanged
+    ((1, 5), (7, 1)),         # degenerate sizes
+])
+def test_resize_bilinear_align_corners(src, dst):
+  rng, seed = fresh_rng()
+  x = rng.normal(0, 3, (2, 3) + src).astype(np.float32)
+  want = F.interpolate(torch.from_numpy(x), size=dst, mode="bilinear",
+                       align_corners=True).numpy()
+  got = nhwc_to_nchw(np.asarray(layers.resize_bilinear_align_corners(
+      jnp.asarray(nchw_to_nhwc(x)), dst)))
+  err = rel_err(got, want)
+  print(f"resize {src}->{dst}: rel err {err:.2e}")
+  assert err <= TOL, f"seed {seed}: rel err {err}"
+
+
+@pytest.mark.parametrize("size", [(1, 2), (5, 6), (40, 41), (81, 80), (161, 160), (321, 256)])
+def test_max_pool_ceil(size):
+  rng, seed = fresh_rng()
+  x = rng.normal(-1, 2, (2, 4) + size).astype(np.float32)  # negatives: padding must be -inf
+  pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+  want = pool(torch.from_numpy(x)).numpy()
+  got = nhwc_to_nchw(np.asarray(layers.max_pool_ceil(jnp.asarray(nchw_to_nhwc(x)), 3, 2, 1)))
+  assert got.shape == want.shape, f"{size}: {got.shape} vs torch {want.shape}"
+  np.testing.assert_array_equal(got, want, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("k,s,p,d,size", [
+    (7, 2, 3, 1, (65, 64)), (3, 1, 2, 2, (17, 18)), (3, 1, 24, 24, (9, 10)),
+    (4, 2, 1, 1, (33, 32)), (4, 2, 2, 1, (65, 97)), (1, 2, 0, 1, (41, 40)),
+])
+def test_conv(k, s, p, d, size):
+  rng, seed = fresh_rng()
+  cin, cout = 5, 7
+  x = rng.normal(0, 1, (2, cin) + size).astype(np.float32)
+  w = rng.normal(0, 0.3, (cout, cin, k, k)).astype(np.float32)
+  b = rng.normal(0, 0.3, (cout,)).astype(np.float32)
+  want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=s,
+                  padding=p, dilation=d).numpy()
+  mod = layers.conv(cout, k, stride=s, padding=p, dilation=d, use_bias=True, in_features=cin)
+  got = mod.apply({"params": {"kernel": jnp.asarray(w.transpose(2, 3, 1, 0)),
+                              "bias": jnp.asarray(b)}}, jnp.asarray(nchw_to_nhwc(x)))
+  got = nhwc_to_nchw(np.asarray(got))
+  assert got.shape == want.shape
+  err = rel_err(got, want)
+  assert err <= TOL, f"seed {seed}: rel err {err}"
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batchnorm(train):
+  rng, seed = fresh_rng()
+  c = 6
+  x = rng.normal(1.5, 2.0, (3, c, 7, 5)).astype(np.float32)
+  stats = dict(weight=rng.uniform(0.5, 1.5, c), bias=rng.normal(0, 0.5, c),
+               running_mean=rng.normal(0, 0.5, c), running_var=rng.uniform(0.5, 2.0, c))
+  bn = nn.BatchNorm2d(c)
+  with torch.no_grad():
+    for k, v in stats.items():
+      getattr(bn, k).copy_(torch.from_numpy(v.astype(np.float32)))
+  bn.train(train)
+  want = bn(torch.from_numpy(x)).detach().numpy()
+  variables = {"params": {"scale": stats["weight"], "bias": stats["bias"]},
+               "batch_stats": {"mean": stats["running_mean"], "var": stats["running_var"]}}
+  variables = {c_: {k: jnp.asarray(v, jnp.float32) for k, v in d.items()}
+               for c_, d in variables.items()}
+  mod = layers.BatchNorm(use_running_average=not train)
+  got, mutated = mod.apply(variables, jnp.asarray(nchw_to_nhwc(x)), mutable=["batch_stats"])
+  err = rel_err(nhwc_to_nchw(np.asarray(got)), want)
+  assert err <= TOL, f"seed {seed}: output rel err {err}"
+  for flax_name, torch_name in (("mean", "running_mean"), ("var", "running_var")):
+    e = rel_err(mutated["batch_stats"][flax_name], getattr(bn, torch_name).numpy())
+    assert e <= TOL, f"seed {seed}: {torch_name} rel err {e}"
+
+
+def test_output_size_table():
+  """ORIGINALS.md §1.4: 321->41, 505->64, 512->65, 1024->129, 720->91, 1280->161."""
+  table = {321: 41, 505: 64, 512: 65, 1024: 129, 720: 91, 1280: 161, 65: 9, 97: 13, 73: 10}
+  for n, want in table.items():
+    assert output_size(n) == want == torch_out(n), n
