@@ -14,7 +14,7 @@ naming the file and what was expected.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections import OrderedDict
 from typing import Any, Dict, Mapping
 
@@ -145,8 +145,8 @@ def write_state_dict(state_dict: Mapping[str, Any], path: str, *, overwrite: boo
   tensors: Dict[str, Any] = OrderedDict(
       (k, torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v)
       for k, v in state_dict.items())
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=parent)
-  os.close(fd)
+  # A fresh name (not mkstemp, whose 0600 mode would stick to the result) in the same dir.
+  tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
   try:
     torch.save(tensors, tmp, _use_new_zipfile_serialization=not legacy_format)
     os.replace(tmp, path)
