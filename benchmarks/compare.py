@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Runs the JAX engine step (step_throughput.py) and the PyTorch step (torch_step.py) on the
+same shapes and prints one table: ms/iteration of each and the JAX speed-up.
+
+  python benchmarks/compare.py                                   # cpu-small preset, tiny depth
+  python benchmarks/compare.py --preset cpu-small --depth resnet101 --dtypes float32,bfloat16
+  python benchmarks/compare.py --preset original --dtypes float32,bfloat16 \\
+      --variants eager,channels_last,compile --json results/gpu.json       # on a GPU machine
+
+Speed-up = PyTorch ms / JAX ms at the same precision (JAX bfloat16 activations against
+PyTorch autocast bfloat16); > 1 means the JAX step is faster. "vs eager" compares with plain
+eager PyTorch, "vs best" with the fastest PyTorch variant that ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+
+import _common as C  # noqa: E402
+import step_throughput  # noqa: E402
+import torch_step  # noqa: E402
+
+Key = Tuple[str, str, str, str]
+
+
+def _key(r: Dict[str, Any]) -> Key:
+  return (r.get("method"), r.get("precision"), r.get("shape"), str(r.get("depth")))
+
+
+def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str, Any]],
+                variants: List[str]) -> str:
+  torch_by: Dict[Key, Dict[str, Dict[str, Any]]] = {}
+  for r in torch_results:
+    torch_by.setdefault(_key(r), {})[r.get("variant")] = r
+  header = (["method", "precision", "shape (B x crop)", "depth", "JAX ms/iter", "JAX img/s"]
+            + [f"PyTorch {v} ms/iter" for v in variants]
+            + ["speed-up vs eager", "speed-up vs best PyTorch"])
+  rows = []
+  keys = [_key(r) for r in jax_results]
+  for k in [k for k in torch_by if k not in keys]:
+    keys.append(k)
+  jax_by = {_key(r): r for r in jax_results}
+  for k in keys:
+    j = jax_by.get(k, {})
+    jms = j.get("ms_median") if "error" not in j else None
+    row = [k[0], k[1], k[2], k[3],
+           C.fmt(jms) if jms else ("ERROR" if "error" in j else "not run"),
+           C.fmt(j.get("images_per_s"), ".2f")]
+    t = torch_by.get(k, {})
+    best = None
+    for v in variants:
+      r = t.get(v)
+      if r is None:
+        row.append("not run")
+      elif "error" in r:
+        row.append("failed: " + r["error"].split(":")[0][:40])
+      else:
+        row.append(C.fmt(r["ms_median"]))
+        best = r["ms_median"] if best is None else min(best, r["ms_median"])
+    eager = t.get("eager", {}).get("ms_median") if "error" not in t.get("eager", {}) else None
+    row.append(f"{eager / jms:.2f}x" if (eager and jms) else "n/a")
+    row.append(f"{best / jms:.2f}x" if (best and jms) else "n/a")
+    rows.append(row)
+  return C.markdown_table(header, rows)
+
+
+def cpu_time_table(jax_results, torch_results) -> str:
+  """Process CPU time per iteration (all threads), a load-robust second view on shared CPUs."""
+  header = ["method", "precision", "shape", "depth", "JAX cpu-ms/iter", "PyTorch eager cpu-ms/iter",
+            "ratio (PyTorch/JAX)"]
+  t_by = {_key(r): r for r in torch_results if r.get("variant") == "eager" and "error" not in r}
+  rows = []
+  for j in jax_results:
+    if "error" in j:
+      continue
+    t = t_by.get(_key(j))
+    jc, tc = j.get("cpu_ms_median"), (t or {}).get("cpu_ms_median")
+    rows.append([j["method"], j["precision"], j["shape"], j["depth"], C.fmt(jc), C.fmt(tc),
+                 f"{tc / jc:.2f}x" if (jc and tc) else "n/a"])
+  return C.markdown_table(header, rows)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n\n", 1)[1])
+  p.add_argument("--preset", default="cpu-small", choices=sorted(C.PRESETS),
+                 help="shape preset shared by both sides (default cpu-small).")
+  p.add_argument("--methods", default="supervised,advsemi,adaptseg",
+                 help="comma-separated methods (default all three).")
+  p.add_argument("--dtypes", default="float32",
+                 help="comma-separated precisions: float32, bfloat16 (JAX: model/disc dtype; "
+                      "PyTorch: autocast). Default float32.")
+  p.add_argument("--variants", default="eager,channels_last,compile",
+                 help="PyTorch variants (eager, channels_last, compile). Default all three.")
+  p.add_argument("--depth", default=None,
+                 help="resnet101 | resnet50 | tiny | 'a,b,c,d' (default: the preset's).")
+  p.add_argument("--width", type=int, default=64, help="stem width (64 = the originals).")
+  p.add_argument("--batch", type=int, default=None, help="per-device batch (overrides preset).")
+  p.add_argument("--crop", default=None, help="labelled/source crop HxW (overrides preset).")
+  p.add_argument("--target_crop", default=None, help="adaptseg target crop HxW.")
+  p.add_argument("--cpus", type=int, default=None,
+                 help="pin both sides to the first N CPUs (PyTorch then uses N threads).")
+  p.add_argument("--losses", default="reference", choices=("reference", "fused"),
+                 help="PyTorch losses: the originals' classes (reference) or sync-free (fused).")
+  p.add_argument("--xla_flags", default=None, help="extra XLA_FLAGS for the JAX side.")
+  p.add_argument("--parallel", default="auto", help="JAX binding: auto | jit | pmap | shard_map.")
+  p.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first.")
+  p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported).")
+  p.add_argument("--iters", type=int, default=1, help="iterations per timed repeat.")
+  p.add_argument("--order", default="interleave", choices=("interleave", "jax_first"),
+                 help="interleave = per case, run JAX then PyTorch back to back (load changes "
+                      "on a shared machine hit both sides alike); jax_first = all JAX cases, "
+                      "then all PyTorch cases.")
+  p.add_argument("--skip_jax", action="store_true", help="run only the PyTorch side.")
+  p.add_argument("--skip_torch", action="store_true", help="run only the JAX side.")
+  p.add_argument("--from_json", default=None,
+                 help="do not run anything: rebuild the tables from a JSON written by --json.")
+  p.add_argument("--json", default=None, help="write both sides' results to this JSON file.")
+  p.add_argument("--markdown", default=None, help="also write the tables to this file.")
+  return p.parse_args(argv)
+
+
+def _common_argv(args) -> List[str]:
+  out = ["--preset", args.preset, "--width", str(args.width), "--warmup", str(args.warmup),
+         "--repeats", str(args.repeats), "--iters", str(args.iters)]
+  for flag in ("depth", "batch", "crop", "target_crop", "cpus"):
+    v = getattr(args, flag)
+    if v is not None:
+      out += [f"--{flag}", str(v)]
+  return out
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  variants = args.variants.split(",")
+  if args.from_json:
+    with open(args.from_json) as f:
+      payload = json.load(f)
+    jax_results, torch_results = payload["jax"], payload["torch"]
+    machine = payload.get("machine", {})
+  else:
+    machine = C.machine_info()
+    machine["loadavg_start"] = machine.pop("loadavg")
+    jax_results, torch_results = [], []
+    jax_extra = ["--parallel", args.parallel]
+    if args.xla_flags:
+      jax_extra += [f"--xla_flags={args.xla_flags}"]
+    torch_extra = ["--variants", args.variants, "--losses", args.losses]
+    if args.order == "interleave":
+      plan = [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")]
+    else:
+      plan = [(args.methods, args.dtypes)]
+    for methods_, dtypes_ in plan:
+      sel = ["--methods", methods_, "--dtypes", dtypes_]
+      if not args.skip_jax:
+        jax_results += step_throughput.main(_common_argv(args) + sel + jax_extra, quiet=True)
+      if args.order == "jax_first":
+        continue
+      if not args.skip_torch:
+        torch_results += torch_step.main(_common_argv(args) + sel + torch_extra, quiet=True)
+    if args.order == "jax_first" and not args.skip_torch:
+      torch_results += torch_step.main(_common_argv(args) + ["--methods", args.methods,
+                                                             "--dtypes", args.dtypes]
+                                       + torch_extra, quiet=True)
+    machine["loadavg_end"] = C.load_average()
+  ok = [r for r in jax_results + torch_results if "error" not in r]
+  versions = {}
+  for r in ok:
+    for k in ("jax", "flax", "torch", "device", "device_name"):
+      if r.get(k):
+        versions.setdefault(k, r[k])
+  lines = [
+      f"# step throughput: JAX engine vs PyTorch ({machine.get('date', '')})",
+      f"# machine: {machine.get('cpu')} ({machine.get('cpu_count')} CPUs); load average "
+      f"start {machine.get('loadavg_start')} end {machine.get('loadavg_end')}",
+      f"# versions/devices: {versions}",
+      f"# command: python {' '.join(sys.argv) if not args.from_json else '(from ' + args.from_json + ')'}",
+      "",
+      build_table(jax_results, torch_results, variants),
+      "",
+      "Process CPU time per iteration (all threads; moves less with other users' load):",
+      "",
+      cpu_time_table(jax_results, torch_results),
+  ]
+  text = "\n".join(lines)
+  print(text)
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write(text + "\n")
+  if args.json and not args.from_json:
+    C.write_json(args.json, {"machine": machine, "argv": sys.argv, "jax": jax_results,
+                             "torch": torch_results})
+
+
+if __name__ == "__main__":
+  main()
