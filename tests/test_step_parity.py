@@ -1,0 +1,398 @@
+"""The JAX training step vs the PyTorch reference iteration (ORIGINALS.md §6.3, §7.2).
+
+Identical random weights (G: random convs, BN affine AND running statistics; D: random
+convs), identical random batches (fresh every run; the seed is in every assertion message),
+two consecutive outer iterations on each side. After each iteration we compare
+
+  * every loss term            rel err <= 1e-5   (|jax - torch| / |torch|)
+  * updated G and D parameters rel err <= 1e-4   (max|jax - torch| / max|torch| per tensor)
+  * BN running statistics      rel err <= 1e-4
+  * the gradients, read from the optimiser states that are linear in them (G: SGD momentum
+    buffer = grad + wd * p; D: Adam's first and second moments): rel err <= 1e-4 over each
+    model, <= 1e-3 per tensor. `p_new - p_old` itself is useless for this in float32 (it
+    carries the rounding of p, ~1e-3 of the update).
+  * tensors torch leaves untouched (frozen BN affine, the dead ASPP branches 2 and 3 whose
+    grad is None) must be bit-identical, and their JAX optimiser state all-zero.
+
+AdvSemiSeg: iteration 0 runs the unlabelled branch with the adversarial term only (before
+semi_start), iteration 1 adds the masked self-training CE with a threshold `mask_T` placed
+inside image 0's confidence distribution, so some pixels of the batch are masked and others
+are not. Labels contain 255 pixels (random ones and a bottom band). D is trained on labelled +
+unlabelled (d_remain) fakes vs one-hot ground truth. AdaptSegNet: DeeplabMulti with two
+discriminators, vanilla GAN and LS-GAN.
+
+Tiny depth (1, 1, 1, 1), width 8; crops of 49-97 px so that the FC discriminator's output
+is at least 1x2 (2x2 for AdvSemiSeg, whose confidence map is D's upsampled output).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+import torch_reference as tr
+import torch_train_reference as ttr
+from advseg_jax.configs_lib import base_config, validate
+from advseg_jax.models.registry import build_discriminator, build_generator
+from advseg_jax.train.state import create_train_states
+from advseg_jax.train.steps import make_train_step
+
+LOSS_TOL = 1e-5
+PARAM_TOL = 1e-4
+GRAD_TOL = 1e-4         # gradient-linear optimiser state, whole model
+GRAD_TENSOR_TOL = 1e-3  # the same per tensor (small, cancelling sums such as D's last bias)
+DEPTHS = (1, 1, 1, 1)
+WIDTH = 8
+NDF = 8
+# G: 10x the originals' 2.5e-4 so the SGD step moves the weights visibly. D: the originals'
+# Adam lr 1e-4. Adam's first steps are ~lr * g / (|g| + 1e-8), ill-conditioned where |g| is
+# near 1e-8: with lr 1e-3 the float32 *torch* reference itself was 2.7e-4 (relative) away
+# from a float64 torch run on D's conv4 (JAX: 3.9e-5), so 1e-3 would test torch's rounding.
+G_LR, D_LR, NUM_STEPS = 2.5e-3, 1e-4, 10
+
+
+# --------------------------------------------------------------------------- helpers
+def _seed():
+  return int(np.random.SeedSequence().entropy % (2**31 - 1))
+
+
+def _images(rng, n, h, w):
+  return rng.normal(0.0, 60.0, (n, h, w, 3)).astype(np.float32)
+
+
+def _labels(rng, n, h, w, k):
+  lab = rng.integers(0, k, (n, h, w)).astype(np.int32)
+  lab[rng.random((n, h, w)) < 0.15] = 255  # VOC-style boundaries
+  lab[:, -5:, :] = 255  # padding band
+  return lab
+
+
+def _config(method: str, num_classes: int, **method_hp):
+  c = base_config()
+  c.method.name = method
+  c.model.arch = "deeplabv2_multi" if method == "adaptseg" else "deeplabv2"
+  c.model.num_classes = num_classes
+  c.model.depths = "tiny"  # (1, 1, 1, 1) == DEPTHS
+  c.model.width = WIDTH
+  c.disc.ndf = NDF
+  c.batch_size = 2
+  c.num_steps = NUM_STEPS
+  c.labelled_fraction = 0.5
+  c.optim_g.lr = G_LR
+  c.optim_d.lr = D_LR
+  for k, v in method_hp.items():
+    c.method[k] = v
+  validate(c)
+  return c
+
+
+def _rel(a, b) -> float:
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  scale = np.abs(b).max() if b.size else 0.0
+  diff = np.abs(a - b).max() if b.size else 0.0
+  if scale == 0.0:
+    return 0.0 if diff == 0.0 else float("inf")
+  return float(diff / scale)
+
+
+class Report:
+  """Collects max relative errors per quantity and checks them against tolerances."""
+
+  def __init__(self, seed: int):
+    self.seed = seed
+    self.worst = {}
+    self.failures = []
+
+  def check(self, quantity: str, name: str, got, want, tol: float) -> None:
+    err = _rel(got, want)
+    if err > self.worst.get(quantity, (-1.0, ""))[0]:
+      self.worst[quantity] = (err, name)
+    if not err <= tol:
+      self.failures.append(f"{quantity} {name}: rel err {err:.3e} > {tol:g}")
+
+  def exact(self, quantity: str, name: str, got, want) -> None:
+    if not np.array_equal(np.asarray(got), np.asarray(want)):
+      self.failures.append(f"{quantity} {name}: expected bit-identical (untouched) values")
+
+  def finish(self, title: str) -> None:
+    lines = [f"{title} (seed {self.seed})"]
+    for q, (err, name) in sorted(self.worst.items()):
+      lines.append(f"  {q:<22s} max rel err {err:.2e}  ({name})")
+    print("\n".join(lines))
+    assert not self.failures, "\n".join([f"{title} (seed {self.seed})"] + self.failures)
+
+
+def _compare_params(rep: Report, kind: str, jax_arrays, torch_new, torch_old) -> None:
+  """Updated parameters per tensor (torch names); tensors torch left untouched (frozen BN
+  affine, dead ASPP branches) must be bit-identical."""
+  assert set(jax_arrays) == set(torch_new), sorted(set(jax_arrays) ^ set(torch_new))
+  for name, want in torch_new.items():
+    got = jax_arrays[name]
+    rep.check(f"{kind} params", name, got, want, PARAM_TOL)
+    if np.array_equal(want, torch_old[name]):
+      rep.exact(f"{kind} untouched", name, got, torch_old[name])
+
+
+def _compare_grad_state(rep: Report, kind: str, jax_arrays, torch_arrays) -> None:
+  """Optimiser state that is linear in the gradients (SGD momentum buffer = grad + wd * p
+  accumulated; Adam's first/second moments): a precise view of the gradients, free of the
+  float32 rounding of `p_new - p_old`. Parameters torch never had a gradient for (no state)
+  must have an all-zero state in JAX (multiplicity 0 / zero gradient)."""
+  for name, got in jax_arrays.items():
+    if name not in torch_arrays:
+      if np.any(got):
+        rep.failures.append(f"{kind} {name}: non-zero state where torch has no gradient")
+  num = max(float(np.abs(jax_arrays[n] - w).max()) for n, w in torch_arrays.items())
+  den = max(float(np.abs(w).max()) for w in torch_arrays.values())
+  err = num / den
+  if err > rep.worst.get(kind, (-1.0, ""))[0]:
+    rep.worst[kind] = (err, "whole model")
+  if not err <= GRAD_TOL:
+    rep.failures.append(f"{kind}: rel err {err:.3e} > {GRAD_TOL:g}")
+  for name, want in torch_arrays.items():
+    rep.check(f"{kind} (per tensor)", name, jax_arrays[name], want, GRAD_TENSOR_TOL)
+
+
+def _compare_losses(rep: Report, metrics, torch_losses) -> None:
+  for k, want in torch_losses.items():
+    if k == "mask_T":
+      continue
+    rep.check("loss terms" if not k.startswith("semi/") else "semi mask ratio", k,
+              float(metrics[k]), want, LOSS_TOL)
+
+
+def _adam_moments(opt_state):
+  found = [s for s in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+           if isinstance(s, optax.ScaleByAdamState)]
+  assert len(found) == 1, opt_state
+  return jax.device_get(found[0].mu), jax.device_get(found[0].nu)
+
+
+def _torch_snapshot(g, g_opt, ds):
+  """ds: [(name, D module, D optimiser)]."""
+  snap = {"G": ttr.torch_arrays(g), "BN": ttr.torch_arrays(g, buffers=True),
+          "G momentum": ttr.optimizer_state_arrays(g, g_opt, "momentum_buffer")}
+  for name, d, opt in ds:
+    snap[name] = ttr.torch_arrays(d)
+    snap[f"{name} adam m"] = ttr.optimizer_state_arrays(d, opt, "exp_avg")
+    snap[f"{name} adam v"] = ttr.optimizer_state_arrays(d, opt, "exp_avg_sq")
+  return snap
+
+
+def _compare_states(rep: Report, states, new, old, d_levels) -> None:
+  """JAX states after an iteration vs the torch snapshots after (`new`) / before (`old`)."""
+  _compare_params(rep, "G", ttr.flax_to_torch_arrays(jax.device_get(states.g.params)),
+                  new["G"], old["G"])
+  _compare_grad_state(rep, "G grad (SGD momentum)",
+                      ttr.flax_to_torch_arrays(jax.device_get(states.g.opt_state.momentum)),
+                      new["G momentum"])
+  bs = ttr.flax_to_torch_arrays(jax.device_get(states.g.batch_stats), "batch_stats")
+  for name, want in new["BN"].items():
+    rep.check("BN running stats", name, bs[name], want, PARAM_TOL)
+  d_params = jax.device_get(states.d.params)
+  mu, nu = _adam_moments(states.d.opt_state)
+  for level, name in d_levels:
+    _compare_params(rep, name, ttr.flax_to_torch_arrays(d_params[level]), new[name], old[name])
+    _compare_grad_state(rep, f"{name} grad (Adam m)", ttr.flax_to_torch_arrays(mu[level]),
+                        new[f"{name} adam m"])
+    _compare_grad_state(rep, f"{name} grad^2 (Adam v)", ttr.flax_to_torch_arrays(nu[level]),
+                        new[f"{name} adam v"])
+
+
+def _template(g_model, d_model, num_classes):
+  gt = jax.eval_shape(lambda k: g_model.init(k, jnp.zeros((1, 33, 33, 3)), train=False),
+                      jax.random.key(0))
+  dt = jax.eval_shape(lambda k: d_model.init(k, jnp.zeros((1, 64, 64, num_classes))),
+                      jax.random.key(0))["params"]
+  return gt, dt
+
+
+def _jit_step(config, g_model, d_model):
+  # Not `compiler_options={'xla_backend_optimization_level': 0}`: it compiles ~3x faster on
+  # CPU but gave a G weight gradient 10% off (layer4 dilated conv2) for some inputs.
+  return jax.jit(make_train_step(config, g_model, d_model, axis_name=None))
+
+
+# --------------------------------------------------------------------------- AdvSemiSeg
+def _pick_mask_t(conf: np.ndarray, record: dict) -> float:
+  """A threshold in the widest gap of image 0's central confidence values, so a meaningful
+  fraction of pixels is masked and no pixel sits within float noise of the threshold."""
+  v = np.unique(conf[0].ravel())
+  lo, hi = int(0.3 * len(v)), int(0.7 * len(v))
+  gaps = np.diff(v[lo:hi + 1])
+  j = int(np.argmax(gaps))
+  record["gap"] = float(gaps[j])
+  record["value"] = float(0.5 * (v[lo + j] + v[lo + j + 1]))
+  return record["value"]
+
+
+class _default_dtype:
+  """Context: torch's default dtype (float64 runs of the reference are diagnostics)."""
+
+  def __init__(self, dtype):
+    self.dtype, self.saved = dtype, None
+
+  def __enter__(self):
+    self.saved = torch.get_default_dtype()
+    torch.set_default_dtype(self.dtype)
+
+  def __exit__(self, *exc):
+    torch.set_default_dtype(self.saved)
+
+
+ADVSEMI_K, ADVSEMI_HW = 3, (65, 73)
+ADVSEMI_HP = dict(lambda_adv=0.5, lambda_semi=0.5, lambda_semi_adv=0.3, semi_start=1,
+                  semi_start_adv=0, d_remain=True)
+
+
+def advsemi_torch(seed: int, dtype=torch.float32, mask_t=None):
+  """Initial weights (as Flax variables), batches, and two PyTorch AdvSemiSeg iterations.
+
+  The models are randomised in float32 and then cast, so a float64 run starts from the
+  same weights. `mask_t=None` picks the threshold from the float32 confidence map.
+  """
+  rng = np.random.default_rng(seed)
+  torch.manual_seed(seed)
+  k, (h, w) = ADVSEMI_K, ADVSEMI_HW
+  model = tr.randomize_(tr.Res_Deeplab(k, aspp_branches=2, layers=DEPTHS, width=WIDTH),
+                        seed=seed).train()
+  model_d = tr.randomize_(tr.FCDiscriminator(k, ndf=NDF), seed=seed + 1).train()
+  config = _config("advsemi", k, **ADVSEMI_HP)
+  g_model, d_model = build_generator(config.model), build_discriminator(config.disc)
+  g_template, d_template = _template(g_model, d_model, k)
+  init = (ttr.torch_to_flax_variables(model, g_template),
+          {"main": ttr.torch_to_flax_variables(model_d, d_template)})
+  batches = [{
+      "labelled": {"image": _images(rng, 2, h, w), "label": _labels(rng, 2, h, w, k)},
+      "unlabelled": {"image": _images(rng, 2, h, w),
+                     "label": np.full((2, h, w), 255, np.int32)},
+      "gt": {"image": np.zeros((2, h, w, 3), np.float32), "label": _labels(rng, 2, h, w, k)},
+  } for _ in range(2)]
+  record = {} if mask_t is None else {"value": mask_t, "gap": float("nan")}
+  hp = ttr.AdvSemiHP(num_classes=k, lambda_adv_pred=ADVSEMI_HP["lambda_adv"],
+                     lambda_semi=ADVSEMI_HP["lambda_semi"],
+                     lambda_semi_adv=ADVSEMI_HP["lambda_semi_adv"],
+                     mask_T=lambda conf: record.get("value") or _pick_mask_t(conf, record),
+                     semi_start=ADVSEMI_HP["semi_start"],
+                     semi_start_adv=ADVSEMI_HP["semi_start_adv"],
+                     d_remain=ADVSEMI_HP["d_remain"], learning_rate=G_LR, learning_rate_d=D_LR,
+                     num_steps=NUM_STEPS, power=0.9)
+  with _default_dtype(dtype):
+    model, model_d = model.to(dtype), model_d.to(dtype)
+    opt_g = ttr.make_generator_optimizer(model, G_LR)
+    opt_d = ttr.make_discriminator_optimizer(model_d, D_LR)
+    snap = lambda: _torch_snapshot(model, opt_g, [("D", model_d, opt_d)])
+    hist, losses = [snap()], []
+    for i, batch in enumerate(batches):
+      losses.append(ttr.advsemi_iteration(model, model_d, opt_g, opt_d, i, batch, hp))
+      hist.append(snap())
+  return dict(config=config, g_model=g_model, d_model=d_model, init=init, batches=batches,
+              hist=hist, losses=losses, record=record)
+
+
+def test_advsemi_two_iterations_match_torch():
+  t0 = time.time()
+  seed = _seed()
+  ref = advsemi_torch(seed)
+  hist, losses, record = ref["hist"], ref["losses"], ref["record"]
+  mask_t = losses[1]["mask_T"]
+  ratio = losses[1]["semi/mask_ratio"]
+  assert 0.05 < ratio < 0.95, f"mask ratio {ratio} not partial (seed {seed})"
+  assert record["gap"] > 2e-6, f"confidence gap {record['gap']:.2e} too small (seed {seed})"
+  t_torch = time.time() - t0
+
+  config = _config("advsemi", ADVSEMI_K, mask_T=mask_t, **ADVSEMI_HP)
+  g_vars, d_params = ref["init"]
+  states = create_train_states(config, ref["g_model"], ref["d_model"], jax.random.key(0),
+                               g_variables=g_vars, d_params=d_params)
+  step = _jit_step(config, ref["g_model"], ref["d_model"])
+  rep = Report(seed)
+  for i, batch in enumerate(ref["batches"]):
+    states, metrics = step(states, batch, jax.random.key(i))
+    _compare_losses(rep, jax.device_get(metrics), losses[i])
+    _compare_states(rep, states, hist[i + 1], hist[i], [("main", "D")])
+  # The dead ASPP branches (2, 3) and BN affine are among the untouched tensors.
+  dead = [n for n in hist[0]["G"] if n.startswith("layer5.conv2d_list.2")]
+  assert dead and all(np.array_equal(hist[-1]["G"][n], hist[0]["G"][n]) for n in dead)
+  print(f"mask_T {mask_t:.6f} (gap {record['gap']:.1e}), unmasked ratio {ratio:.3f}; "
+        f"torch {t_torch:.1f}s, total {time.time() - t0:.1f}s")
+  rep.finish("advsemi")
+
+
+# --------------------------------------------------------------------------- AdaptSegNet
+ADAPTSEG_K = 4
+ADAPTSEG_HW = (65, 97, 49, 81)  # source h, w; target h, w
+ADAPTSEG_HP = dict(lambda_seg=0.3, lambda_adv_aux=0.2, lambda_adv=0.5)
+
+
+def adaptseg_torch(seed: int, gan: str, dtype=torch.float32):
+  """Initial weights, batches and two PyTorch AdaptSegNet (multi-level) iterations."""
+  rng = np.random.default_rng(seed)
+  torch.manual_seed(seed)
+  k = ADAPTSEG_K
+  hs, ws, ht, wt = ADAPTSEG_HW
+  model = tr.randomize_(tr.DeeplabMulti(k, aspp_branches=2, layers=DEPTHS, width=WIDTH),
+                        seed=seed).train()
+  model_d1 = tr.randomize_(tr.FCDiscriminator(k, ndf=NDF), seed=seed + 1).train()
+  model_d2 = tr.randomize_(tr.FCDiscriminator(k, ndf=NDF), seed=seed + 2).train()
+  config = _config("adaptseg", k, gan=gan, **ADAPTSEG_HP)
+  g_model, d_model = build_generator(config.model), build_discriminator(config.disc)
+  g_template, d_template = _template(g_model, d_model, k)
+  init = (ttr.torch_to_flax_variables(model, g_template),
+          {"aux": ttr.torch_to_flax_variables(model_d1, d_template),
+           "main": ttr.torch_to_flax_variables(model_d2, d_template)})
+  batches = [{
+      "source": {"image": _images(rng, 2, hs, ws), "label": _labels(rng, 2, hs, ws, k)},
+      "target": {"image": _images(rng, 2, ht, wt), "label": np.full((2, ht, wt), 255, np.int32)},
+  } for _ in range(2)]
+  hp = ttr.AdaptSegHP(lambda_seg=ADAPTSEG_HP["lambda_seg"],
+                      lambda_adv_target1=ADAPTSEG_HP["lambda_adv_aux"],
+                      lambda_adv_target2=ADAPTSEG_HP["lambda_adv"],
+                      gan={"vanilla": "Vanilla", "ls": "LS"}[gan], learning_rate=G_LR,
+                      learning_rate_d=D_LR, num_steps=NUM_STEPS, power=0.9)
+  with _default_dtype(dtype):
+    model, model_d1, model_d2 = model.to(dtype), model_d1.to(dtype), model_d2.to(dtype)
+    opt_g = ttr.make_generator_optimizer(model, G_LR)
+    opt_d1 = ttr.make_discriminator_optimizer(model_d1, D_LR)
+    opt_d2 = ttr.make_discriminator_optimizer(model_d2, D_LR)
+    snap = lambda: _torch_snapshot(model, opt_g, [("D1 (aux)", model_d1, opt_d1),
+                                                  ("D2 (main)", model_d2, opt_d2)])
+    hist, losses = [snap()], []
+    for i, batch in enumerate(batches):
+      losses.append(ttr.adaptseg_iteration(model, model_d1, model_d2, opt_g, opt_d1, opt_d2, i,
+                                           batch, hp))
+      hist.append(snap())
+  return dict(config=config, g_model=g_model, d_model=d_model, init=init, batches=batches,
+              hist=hist, losses=losses)
+
+
+@pytest.mark.parametrize("gan", ["vanilla", "ls"])
+def test_adaptseg_multilevel_two_iterations_match_torch(gan):
+  t0 = time.time()
+  seed = _seed()
+  ref = adaptseg_torch(seed, gan)
+  hist, losses = ref["hist"], ref["losses"]
+  t_torch = time.time() - t0
+  g_vars, d_params = ref["init"]
+  states = create_train_states(ref["config"], ref["g_model"], ref["d_model"], jax.random.key(0),
+                               g_variables=g_vars, d_params=d_params)
+  step = _jit_step(ref["config"], ref["g_model"], ref["d_model"])
+  rep = Report(seed)
+  for i, batch in enumerate(ref["batches"]):
+    states, metrics = step(states, batch, jax.random.key(i))
+    _compare_losses(rep, jax.device_get(metrics), losses[i])
+    _compare_states(rep, states, hist[i + 1], hist[i],
+                    [("aux", "D1 (aux)"), ("main", "D2 (main)")])
+  for layer in ("layer5", "layer6"):
+    dead = [n for n in hist[0]["G"] if n.startswith(f"{layer}.conv2d_list.3")]
+    assert dead and all(np.array_equal(hist[-1]["G"][n], hist[0]["G"][n]) for n in dead)
+  print(f"torch {t_torch:.1f}s, total {time.time() - t0:.1f}s")
+  rep.finish(f"adaptseg multi-level {gan}")
