@@ -90,14 +90,18 @@ def _to_torch_layout(array: np.ndarray) -> np.ndarray:
   return array.transpose(3, 2, 0, 1) if array.ndim == 4 else array  # HWIO -> OIHW
 
 
-def torch_to_flax_variables(module: nn.Module, template: Dict[str, Any]) -> Dict[str, Any]:
-  """Flax variables (numpy) with `template`'s structure, values from `module.state_dict()`.
+def torch_to_flax_variables(module: Union[nn.Module, Dict[str, Any]],
+                            template: Dict[str, Any]) -> Dict[str, Any]:
+  """Flax variables (numpy) with `template`'s structure, values from `module.state_dict()`
+  (or from a {torch name: array} dict).
 
   `template` is e.g. `jax.eval_shape(model.init, ...)` ({'params': ..., 'batch_stats': ...}
   for a generator, the bare params tree for a discriminator with collection 'params').
   Every template leaf must exist in the state_dict with the matching shape.
   """
-  sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+  items = module.state_dict().items() if isinstance(module, nn.Module) else module.items()
+  sd = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+        for k, v in items}
   collections = template if "params" in template else {"params": template}
   out = {}
   for col, tree in collections.items():
