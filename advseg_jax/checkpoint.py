@@ -1,0 +1,520 @@
+"""Training checkpoints (orbax) and exported models.
+
+Workdir layout (all written by `advseg_jax.train.loop`):
+
+    WORKDIR/checkpoints/<step>/        orbax CheckpointManager step directories, items
+        g_state/                       generator GState (params, batch_stats, opt_state, step)
+        d_state/                       discriminator TrainState (absent for 'supervised')
+        meta/                          JSON: step, rng, seed, best mIoU, split, config, method
+        data_iter/                     JSON: each process's data-iterator states
+    WORKDIR/checkpoints.corrupt/       step directories that failed to restore (moved aside)
+    WORKDIR/best_model/, final_model/  standalone model directories (`advseg_jax.model_io`)
+
+States are stored without a device axis (unreplicated host numpy), so a checkpoint restores
+on any device count. Saving is asynchronous; a step directory appears only once complete
+(orbax writes to a temporary directory and renames it).
+
+Public helpers for other commands:
+
+    variables, spec = load_for_inference(path)     # model dir, training workdir or step dir
+    loaded = load_discriminator_for_inference(path)   # (variables, spec) or None
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints.corrupt"
+BEST_MODEL = "best_model"
+FINAL_MODEL = "final_model"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+ITEMS = ("g_state", "d_state", "meta", "data_iter")
+
+# Fields that may differ between the saved and the new config without --allow_config_change:
+# they change how often things are logged / saved / evaluated, where data is read from, or
+# how the run is spread over devices, but not the training trajectory.
+OPERATIONAL_FIELDS = (
+    "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_max_examples",
+    "num_steps_stop", "parallel.mode", "diagnostics.grad_norms", "diagnostics.d_wins_threshold",
+    "diagnostics.d_wins_patience", "diagnostics.d_collapse_accuracy", "init.checkpoint",
+    "init.rule", "init.d_checkpoint")
+OPERATIONAL_STREAM_FIELDS = ("data_dir", "manual_dir", "num_workers", "read_threads",
+                             "skip_bad_examples")
+
+
+class CheckpointError(Exception):
+  """A checkpoint or model directory cannot be used; the message names the path."""
+
+
+class ConfigChangeError(CheckpointError):
+  """The workdir's saved config differs from the new one (see `config_differences`)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _abs(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+  msg = " ".join(str(e).split()) or type(e).__name__
+  if len(msg) > limit:
+    msg = msg[:limit] + "..."
+  return f"{type(e).__name__}: {msg}"
+
+
+def to_host(tree: Any) -> Any:
+  """Leaves -> numpy arrays (0-d arrays, not numpy scalars: orbax rejects those)."""
+  return jax.tree.map(lambda x: np.asarray(x), tree)
+
+
+def _abstract(tree: Any) -> Any:
+  """ShapeDtypeStructs of a tree of arrays (or of ShapeDtypeStructs, e.g. from eval_shape)."""
+  def one(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    x = np.asarray(x)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
+  return jax.tree.map(one, tree)
+
+
+def _json_normal(x: Any) -> Any:
+  return json.loads(json.dumps(x, default=_json_default))
+
+
+def _json_default(x: Any) -> Any:
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, (set, frozenset)):
+    return sorted(x)
+  return repr(x)
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+  """A JSON-normal dict of a ConfigDict (tuples -> lists, references resolved)."""
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  return _json_normal(config)
+
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+  out: Dict[str, Any] = {}
+  if isinstance(d, Mapping):
+    for k, v in d.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    if not d and prefix:
+      out[prefix[:-1]] = {}
+  else:
+    out[prefix[:-1]] = d
+  return out
+
+
+def _is_operational(field: str) -> bool:
+  if field in OPERATIONAL_FIELDS:
+    return True
+  parts = field.split(".")
+  return len(parts) == 2 and parts[1] in OPERATIONAL_STREAM_FIELDS
+
+
+def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any], *,
+                       include_operational: bool = False) -> List[Tuple[str, Any, Any]]:
+  """`[(field, saved_value, new_value)]` of the fields that differ (missing = '<absent>')."""
+  a, b = _flatten(_json_normal(saved)), _flatten(_json_normal(new))
+  diffs = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+    if va != vb and (include_operational or not _is_operational(k)):
+      diffs.append((k, va, vb))
+  return diffs
+
+
+def format_differences(diffs: Sequence[Tuple[str, Any, Any]]) -> str:
+  return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+
+
+def _process_allgather_json(obj: Any) -> List[Any]:
+  """Every process's JSON-able `obj`, in process order (multi-host data-iterator states)."""
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  raw = np.frombuffer(json.dumps(obj, default=_json_default).encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int64)))
+  lengths = lengths.reshape(-1)
+  buf = np.zeros((int(lengths.max()),), np.uint8)
+  buf[:raw.size] = raw
+  bufs = np.asarray(multihost_utils.process_allgather(buf))
+  return [json.loads(bytes(bufs[i, :int(lengths[i])]).decode()) for i in range(len(lengths))]
+
+
+# ----------------------------------------------------------------------------- manager
+@dataclasses.dataclass
+class Restored:
+  step: int
+  g: Any
+  d: Any
+  meta: Dict[str, Any]
+  data_states: Optional[Dict[str, Any]]   # this process's {stream: iterator state}
+  path: str
+
+
+class TrainCheckpointer:
+  """orbax `CheckpointManager` over `WORKDIR/checkpoints` with this project's items.
+
+  `save()` is asynchronous (the previous save is awaited first); `restore_latest()` walks
+  back from the newest step, reports each step directory that fails to restore in one line
+  and moves it to `WORKDIR/checkpoints.corrupt/` once an older step restored.
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               report: Optional[Callable[[str], None]] = None):
+    self.workdir = _abs(workdir)
+    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+    self.keep = int(keep)
+    self.async_save = bool(async_save)
+    self.report = report or log.warning
+    self.problems: List[str] = []
+    os.makedirs(self.directory, exist_ok=True)
+    self._report_unfinished()
+    self._manager = self._open()
+
+  def _open(self):
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=self.keep, create=True, enable_async_checkpointing=self.async_save,
+        cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(self.directory, options=options)
+
+  def _report_unfinished(self) -> None:
+    for name in sorted(os.listdir(self.directory)):
+      if TMP_MARKER in name:
+        msg = (f"checkpoint {os.path.join(self.directory, name)} is incomplete (a save that "
+               f"never finished); ignored and removed")
+        self.problems.append(msg)
+        if jax.process_index() == 0:
+          self.report(msg)
+
+  # -------------------------------------------------------------------------- queries
+  def all_steps(self) -> List[int]:
+    return sorted(int(s) for s in self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(int(step)))
+
+  # -------------------------------------------------------------------------- save
+  def save(self, step: int, g: Any, d: Any, meta: Mapping[str, Any],
+           data_states: Optional[Mapping[str, Any]] = None) -> None:
+    """Starts saving (asynchronously); `g`/`d` must be host trees without a device axis."""
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    items = {
+        "g_state": ocp.args.StandardSave(to_host(g)),
+        "meta": ocp.args.JsonSave(_json_normal(dict(meta, step=int(step)))),
+        "data_iter": ocp.args.JsonSave({
+            "process_count": jax.process_count(),
+            "states": _json_normal(_process_allgather_json(dict(data_states or {}))),
+        }),
+    }
+    if d is not None:
+      items["d_state"] = ocp.args.StandardSave(to_host(d))
+    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  # -------------------------------------------------------------------------- restore
+  def read_meta(self, step: int) -> Dict[str, Any]:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    r = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = dict(r.meta)
+    if int(meta.get("step", -1)) != int(step):
+      raise CheckpointError(f"meta says step {meta.get('step')!r}, directory is step {step}")
+    return meta
+
+  def _restore_step(self, step: int, g_template: Any, d_template: Any,
+                    check_meta: Optional[Callable[[Dict[str, Any]], None]]) -> Restored:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    path = self.step_dir(step)
+    try:
+      meta = self.read_meta(step)
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"meta unreadable ({_one_line(e)})") from None
+    if check_meta is not None:
+      check_meta(meta)  # ConfigChangeError etc. propagate: not a corrupt checkpoint
+    items = {"g_state": ocp.args.StandardRestore(_abstract(g_template)),
+             "data_iter": ocp.args.JsonRestore()}
+    if d_template is not None:
+      items["d_state"] = ocp.args.StandardRestore(_abstract(d_template))
+    for name in items:
+      if not os.path.isdir(os.path.join(path, name)):
+        raise CheckpointError(f"item {name}/ is missing")
+    try:
+      r = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(_one_line(e)) from None
+    data = dict(r.data_iter or {})
+    states = None
+    saved_states = data.get("states") or []
+    if int(data.get("process_count", 1)) == jax.process_count() and saved_states:
+      states = saved_states[jax.process_index()]
+    elif saved_states:
+      log.warning("checkpoint %s was written by %s processes, this run has %d: the data "
+                  "iterators restart from their seeds (the data order will differ)", path,
+                  data.get("process_count"), jax.process_count())
+    return Restored(step=int(step), g=r["g_state"],
+                    d=r["d_state"] if d_template is not None else None,
+                    meta=meta, data_states=states, path=path)
+
+  def restore_latest(self, g_template: Any, d_template: Any = None,
+                     check_meta: Optional[Callable[[Dict[str, Any]], None]] = None
+                     ) -> Optional[Restored]:
+    """The newest step that restores, or None when there is no checkpoint.
+
+    A step that fails is reported (`checkpoint DIR is incomplete or corrupt (PROBLEM);
+    using step M`) and, once an older step restored, moved to `checkpoints.corrupt/`. If no
+    step restores, CheckpointError lists the problems and nothing is moved.
+    """
+    failed: List[Tuple[int, str]] = []
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._restore_step(step, g_template, d_template, check_meta)
+      except ConfigChangeError:
+        raise
+      except CheckpointError as e:
+        failed.append((step, str(e)))
+        continue
+      for bad_step, problem in failed:
+        msg = (f"checkpoint {self.step_dir(bad_step)} is incomplete or corrupt ({problem}); "
+               f"using step {step} instead")
+        self.problems.append(msg)
+        if jax.process_index() == 0:
+          self.report(msg)
+      if failed:
+        self._quarantine([s for s, _ in failed])
+      return restored
+    if failed:
+      raise CheckpointError(
+          "no checkpoint in " + self.directory + " could be restored: " +
+          "; ".join(f"step {s}: {p}" for s, p in failed) +
+          " (if the config changed shapes, use a new --workdir)")
+    return None
+
+  def _quarantine(self, steps: Sequence[int]) -> None:
+    self._manager.close()
+    if jax.process_index() == 0:
+      dest_root = os.path.join(self.workdir, CORRUPT_DIR)
+      os.makedirs(dest_root, exist_ok=True)
+      for s in steps:
+        src = self.step_dir(s)
+        if os.path.isdir(src):
+          dest = os.path.join(dest_root, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
+          shutil.move(src, dest)
+          log.info("moved %s to %s", src, dest)
+    self._manager = self._open()
+
+
+# ----------------------------------------------------------------------------- model specs
+def _dataset_info(stream: Any):
+  try:
+    from advseg_jax import data  # pylint: disable=import-outside-toplevel
+    return data.get_info(stream.name, stream.config_name)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def generator_spec_from_config(config: Any, **extra: Any) -> Dict[str, Any]:
+  """The model_io spec of the generator `config.model` trains, with its preprocessing.
+
+  Preprocessing comes from the labelled / source stream `config.data` (channel order, mean);
+  extra keys: dataset, config_name, class_names, eval settings, method.
+  """
+  from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
+  m, s = config.model, config.data
+  info = _dataset_info(s)
+  channel_order = s.channel_order or (info.default_channel_order if info else "RGB")
+  spec = model_io.generator_spec(
+      m.arch, int(m.num_classes), depths=m.depths, width=int(m.width),
+      stride_in_1x1=bool(m.stride_in_1x1), aspp_branches_used=int(m.aspp_branches_used),
+      bn_mode=str(m.bn_mode), channel_order=channel_order, mean_bgr=tuple(s.mean_bgr))
+  spec["dtype"] = str(m.dtype)
+  spec["dataset"] = s.name
+  spec["config_name"] = s.config_name
+  if info is not None and info.num_classes == int(m.num_classes):
+    spec["class_names"] = list(info.class_names)
+  e = config.eval_data
+  spec["eval"] = {"dataset": e.name, "config_name": e.config_name, "split": e.split,
+                  "eval_mode": e.eval_mode, "eval_pad_size": list(e.eval_pad_size),
+                  "eval_resize_size": list(e.eval_resize_size)}
+  spec["method"] = config.method.name
+  spec.update(extra)
+  return _json_normal(spec)
+
+
+def discriminator_spec_from_config(config: Any) -> Optional[Dict[str, Any]]:
+  """model_io spec of the discriminator(s), or None (supervised / Luc et al.'s image_label)."""
+  from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
+  from advseg_jax.train.state import d_input_channels  # pylint: disable=import-outside-toplevel
+  if config.method.name == "supervised":
+    return None
+  arch = {"fc": "fc_discriminator", "fc2": "fc2_discriminator"}.get(config.disc.arch)
+  if arch is None:
+    return None
+  spec = model_io.discriminator_spec(arch, d_input_channels(config), ndf=int(config.disc.ndf))
+  spec["gan"] = config.method.gan
+  return spec
+
+
+def export_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
+  """Writes a model directory (replacing an existing one atomically); process 0 only."""
+  from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
+  directory = _abs(directory)
+  if jax.process_index() != 0:
+    return directory
+  variables = {k: to_host(dict(v)) for k, v in variables.items()}
+  return model_io.save_model(directory, variables, spec, overwrite=True)
+
+
+# ----------------------------------------------------------------------------- inference
+def _is_model_dir(path: str) -> bool:
+  from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
+  return os.path.isfile(os.path.join(path, model_io.SPEC_FILE))
+
+
+def _config_from_meta(meta: Mapping[str, Any], where: str):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  cfg = meta.get("config")
+  if not isinstance(cfg, Mapping):
+    raise CheckpointError(f"{where}: meta has no config")
+  return ml_collections.ConfigDict(cfg)
+
+
+def _restore_raw_step(step_dir: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]],
+                                               Dict[str, Any]]:
+  """(g_state dict, d_state dict or None, meta) of one step directory, without templates."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  out = {}
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      out["g"] = ckptr.restore(os.path.join(step_dir, "g_state"))
+      d_dir = os.path.join(step_dir, "d_state")
+      out["d"] = ckptr.restore(d_dir) if os.path.isdir(d_dir) else None
+    meta_dir = os.path.join(step_dir, "meta")
+    meta_files = [f for f in os.listdir(meta_dir) if not f.startswith(("_", "commit"))]
+    with open(os.path.join(meta_dir, meta_files[0])) as f:
+      meta = json.load(f)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"checkpoint {step_dir} is unreadable ({_one_line(e)})") from None
+  return out["g"], out["d"], meta
+
+
+def _valid_steps(ckpt_dir: str) -> List[int]:
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted((int(n) for n in os.listdir(ckpt_dir) if n.isdigit()), reverse=True)
+
+
+def _load_from_checkpoints(workdir: str, want: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  problems = []
+  for step in _valid_steps(ckpt_dir):
+    step_dir = os.path.join(ckpt_dir, str(step))
+    try:
+      return _variables_from_step(step_dir, want)
+    except CheckpointError as e:
+      problems.append(str(e))
+      log.warning("%s; trying an older step", e)
+  raise CheckpointError(f"{workdir}: no usable checkpoint in {ckpt_dir}"
+                        + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+def _variables_from_step(step_dir: str, want: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  g, d, meta = _restore_raw_step(step_dir)
+  config = _config_from_meta(meta, step_dir)
+  step = int(meta.get("step", -1))
+  if want == "generator":
+    variables = {"params": g["params"], "batch_stats": g.get("batch_stats") or {}}
+    spec = generator_spec_from_config(config, step=step, source={"checkpoint": step_dir})
+    return variables, spec
+  spec = discriminator_spec_from_config(config)
+  if spec is None or d is None:
+    raise CheckpointError(f"{step_dir}: no discriminator usable for inference (method "
+                          f"{config.method.name}, disc.arch {config.disc.arch})")
+  params = d["params"]
+  level = "main" if "main" in params else sorted(params)[-1]
+  spec["level"] = level
+  spec["step"] = step
+  return {"params": params[level]}, spec
+
+
+def load_for_inference(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`(variables, spec)` of a generator for evaluation / prediction.
+
+  `path` may be a model directory (`model.json`), a training workdir (its `best_model/` if
+  present, else the latest readable checkpoint, else `final_model/`) or one checkpoint step
+  directory (`WORKDIR/checkpoints/<step>`).
+  """
+  from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
+  path = _abs(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: no such directory (expected a model directory or a "
+                          f"training workdir)")
+  if _is_model_dir(path):
+    return model_io.load_model(path)
+  best = os.path.join(path, BEST_MODEL)
+  if _is_model_dir(best):
+    return model_io.load_model(best)
+  if _valid_steps(os.path.join(path, CHECKPOINT_DIR)):
+    return _load_from_checkpoints(path, "generator")
+  final = os.path.join(path, FINAL_MODEL)
+  if _is_model_dir(final):
+    return model_io.load_model(final)
+  if os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR and \
+      os.path.basename(path).isdigit():
+    return _variables_from_step(path, "generator")
+  raise CheckpointError(f"{path}: neither a model directory ({model_io.SPEC_FILE}) nor a "
+                        f"training workdir ({BEST_MODEL}/, {CHECKPOINT_DIR}/ or "
+                        f"{FINAL_MODEL}/)")
+
+
+def load_discriminator_for_inference(path: str) -> Optional[Tuple[Dict[str, Any],
+                                                                  Dict[str, Any]]]:
+  """`(variables, spec)` of the (main-level) discriminator of a training workdir's latest
+  checkpoint (or of one step directory), or None when the run has no usable D."""
+  path = _abs(path)
+  if os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR and \
+      os.path.basename(path).isdigit():
+    step_dirs = [path]
+  else:
+    ckpt_dir = os.path.join(path, CHECKPOINT_DIR)
+    step_dirs = [os.path.join(ckpt_dir, str(s)) for s in _valid_steps(ckpt_dir)]
+  for step_dir in step_dirs:
+    try:
+      return _variables_from_step(step_dir, "discriminator")
+    except CheckpointError as e:
+      if "no discriminator" in str(e):
+        return None
+      log.warning("%s; trying an older step", e)
+  return None
