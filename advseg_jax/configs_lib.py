@@ -110,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 1000
   c.eval_max_examples = 0           # 0 = the whole split
+  c.eval_mean_mode = "auto"         # 'voc' [§6.6] | 'nanmean' [§7.4] | 'all'; auto: by eval_mode
   c.checkpoint_every = 5000         # [§6.1] --save-pred-every
   c.keep_checkpoints = 3
 
@@ -219,13 +220,15 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
   _check(c.num_steps_stop is None or (isinstance(c.num_steps_stop, int)
                                       and 1 <= c.num_steps_stop <= c.num_steps),
          "num_steps_stop", "None or an int in [1, num_steps]", c.num_steps_stop)
+  _check(c.get("eval_mean_mode", "auto") in ("auto", "voc", "nanmean", "all"), "eval_mean_mode",
+         "'auto', 'voc', 'nanmean' or 'all'", c.get("eval_mean_mode"))
   _check(isinstance(c.eval_max_examples, int) and c.eval_max_examples >= 0, "eval_max_examples",
          "an int >= 0", c.eval_max_examples)
   _check(_is_num(c.labelled_fraction) and 0 < c.labelled_fraction <= 1, "labelled_fraction",
          "a number in (0, 1]", c.labelled_fraction)
   _check(c.parallel.mode in ("pmap", "shard_map", "jit"), "parallel.mode",
          "'pmap', 'shard_map' or 'jit'", c.parallel.mode)
-  per_step = c.batch_size
+  per_step = c.batch_size * c.iter_size  # each stream yields batch_size per sub-iteration
   _check(per_step % max(num_devices, 1) == 0, "batch_size",
          f"a multiple of the device count ({num_devices})", c.batch_size)
   _check((per_step // max(num_devices, 1)) % c.iter_size == 0, "iter_size",
