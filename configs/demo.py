@@ -10,8 +10,10 @@ ARG[,runlocal]:
   adaptseg  AdaptSegNet multi-level: labelled `shapes/source` -> unlabelled `shapes/target`,
             evaluated on the target validation split (§7.2)
 A tiny ResNet (blocks (1,1,1,1), width 16) on 64x64 crops of the 128x128 images, 5 classes;
-the run takes a few minutes on 2 CPU cores. Learning rates are 10x the originals' because
-there is no pretrained initialisation; everything else follows the originals' algorithms.
+the run (800 steps) takes about 3-5 minutes on 2 CPU cores and reaches roughly 40-45% mIoU
+on shapes/source validation (semi; 45.5% in our run). G's learning rate is 20x the
+original's because there is no pretrained initialisation; everything else follows the
+originals' algorithms.
 """
 
 from advseg_jax import configs_lib, presets
@@ -25,13 +27,13 @@ def get_config(arg=None):
     raise presets.unknown_preset("configs/demo.py", name, PRESETS)
   c = configs_lib.base_config()
   c.seed = 0
-  c.num_steps = 300
+  c.num_steps = 800
   c.batch_size = 4
   c.iter_size = 1
   c.labelled_fraction = 1.0 if name in ("adv", "adaptseg") else 0.25
-  c.log_every = 10
-  c.eval_every = 100
-  c.checkpoint_every = 100
+  c.log_every = 20
+  c.eval_every = 200
+  c.checkpoint_every = 200
   c.keep_checkpoints = 2
   c.eval_max_examples = 48
 
@@ -40,7 +42,7 @@ def get_config(arg=None):
   c.model.depths = "tiny"             # (1, 1, 1, 1) bottlenecks
   c.model.width = 16
   c.disc.ndf = 16
-  c.optim_g.lr = 2.5e-3               # 10x [§6.1]: no pretrained weights here
+  c.optim_g.lr = 5e-3                 # 20x [§6.1]: no pretrained weights here
   c.optim_d.lr = 1e-4                 # [§6.1]
 
   c.method.name = {"semi": "advsemi", "adv": "advsemi", "baseline": "supervised",
@@ -49,7 +51,7 @@ def get_config(arg=None):
   c.method.lambda_semi = 0.1 if name == "semi" else 0.0     # [§6.1]
   c.method.lambda_semi_adv = 0.001 if name == "semi" else 0.0  # [§6.1]
   c.method.mask_T = 0.2               # [§6.1]
-  c.method.semi_start = 100           # 5000 of 20000 in the original, scaled to the run
+  c.method.semi_start = 200           # 5000 of 20000 in the original, roughly scaled
   if name == "adaptseg":
     c.method.lambda_seg = 0.1         # [§7.1] multi-level weights
     c.method.lambda_adv_aux = 0.0002

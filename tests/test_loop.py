@@ -225,3 +225,57 @@ def test_split_from_originals_train_id_pkl(tmp_path):
   assert fresh.seed == c.seed and fresh.num_labelled == 4
   c.labelled_fraction = 1.0
   assert loop.make_split(c, str(tmp_path / "x"), provider, ("source", "target")).labelled is None
+
+
+def test_initialisation_from_model_dir_and_pth(reference, tmp_path):
+  from advseg_jax import convert
+  c = loop_helpers.load_preset("demo.py:semi,runlocal")
+  ref = _final_params(reference)
+  c.init.checkpoint = os.path.join(reference, ck.FINAL_MODEL)
+  _assert_same_variables(loop.initial_generator_variables(c), ref)
+  c.init.checkpoint = reference                       # a workdir: its best_model
+  assert loop.initial_generator_variables(c)["params"].keys() == ref["params"].keys()
+
+  pth = str(tmp_path / "g.pth")
+  convert.save_torch_checkpoint(ref, "deeplabv2", pth)
+  c.init.checkpoint = pth
+  c.init.rule = "strict"
+  _assert_same_variables(loop.initial_generator_variables(c), ref)
+
+  d_vars, _ = ck.load_discriminator_for_inference(reference)
+  d_pth = str(tmp_path / "d.pth")
+  convert.save_torch_checkpoint(d_vars, "fc_discriminator", d_pth)
+  c.init.d_checkpoint = d_pth
+  d_params = loop.initial_discriminator_params(c)
+  _assert_same_variables(d_params["main"], d_vars["params"])
+
+  c.model.num_classes = 6
+  c.init.checkpoint = os.path.join(reference, ck.FINAL_MODEL)
+  with pytest.raises(loop.TrainingError, match="does not match config.model"):
+    loop.initial_generator_variables(c)
+  c.init.checkpoint = str(tmp_path / "missing.pth")
+  with pytest.raises(loop.TrainingError, match="no such file or directory"):
+    loop.initial_generator_variables(c)
+
+
+def test_resume_on_two_devices(reference, data_dir, tmp_path):
+  """A 1-device checkpoint (no device axis stored) continues on 2 (fake CPU) devices."""
+  wd = str(tmp_path / "two")
+  shutil.copytree(reference, wd)
+  for name in ("4", ):
+    shutil.rmtree(os.path.join(wd, "checkpoints", name))
+  shutil.rmtree(os.path.join(wd, ck.FINAL_MODEL))
+  argv = loop_helpers.demo_argv(wd, data_dir, steps=STEPS)
+  env = loop_helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run([sys.executable, "-m", "advseg_jax", "train", *argv],
+                        cwd=loop_helpers.REPO, capture_output=True, text=True, timeout=900,
+                        env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from" in proc.stderr and "2 device(s) (pmap)" in proc.stderr
+  summary = json.load(open(os.path.join(wd, "summary.json")))
+  assert summary["devices"] == 2 and summary["start_step"] == 2 and summary["final_step"] == 4
+  got = loop_helpers.losses_by_step(os.path.join(wd, "metrics.jsonl"))
+  assert all(np.isfinite(v).all() for v in (list(r.values()) for r in got.values()))
+  v, spec = model_io.load_model(os.path.join(wd, ck.FINAL_MODEL))
+  assert v["params"]["conv1"]["kernel"].shape == _final_params(reference)["params"]["conv1"][
+      "kernel"].shape

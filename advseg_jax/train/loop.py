@@ -50,6 +50,7 @@ from advseg_jax import diagnostics
 from advseg_jax import logging_utils
 from advseg_jax import methods
 from advseg_jax import metrics as metrics_lib
+from advseg_jax.models.registry import build_discriminator, build_generator
 from advseg_jax.preemption import PreemptionGuard
 from advseg_jax.train import parallel as parallel_lib
 from advseg_jax.train import state as state_lib
@@ -461,6 +462,10 @@ def console_table(summary: Dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the loop
+def _print_flush(text: str) -> None:
+  print(text, flush=True)
+
+
 @dataclasses.dataclass
 class _Run:
   """Mutable bookkeeping of one run."""
@@ -478,9 +483,10 @@ class _Run:
 
 def train(config: Any, workdir: str, *, allow_config_change: bool = False,
           data_provider: Any = None, config_source: Optional[str] = None,
-          print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
+          print_fn: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
   t_start = time.time()
+  print_fn = print_fn or _print_flush
   provider = data_provider or _default_provider()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   par = parallel_lib.Parallel(config.parallel.mode)
@@ -504,7 +510,6 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
   os.makedirs(workdir, exist_ok=True)
 
   # ---- models and fresh states (the restore template) -------------------------------------
-  from advseg_jax.models.registry import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
   g_model = build_generator(config.model, bn_axis_name=par.axis_name)
   d_model = None if method == "supervised" else build_discriminator(config.disc)
   rng = jax.random.key(int(config.seed))
@@ -597,8 +602,6 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
   kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "-1") or -1)
   pending: List[Tuple[int, Any]] = []
   last_states_for_ckpt: Optional[Dict[str, Any]] = data_states
-  last_saved = start_step if restored is not None else -1
-  last_eval_step = -1
   status = "completed"
 
   def g_variables(st):
@@ -670,10 +673,8 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
             "config_source": config_source, "time": time.time()}
 
   def save(step: int, st) -> None:
-    nonlocal last_saved
     host = par.unreplicate(st)
     checkpointer.save(step, host.g, host.d, meta(step), last_states_for_ckpt)
-    last_saved = step
 
   prefetch = Prefetcher(iterators)
   step = start_step
@@ -705,7 +706,6 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
         t_side = time.time()
         if do_eval:
           evaluate(step, states)
-          last_eval_step = step
         if do_ckpt:
           save(step, states)
         if do_eval or do_ckpt:
