@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional
 
-import flax.jax_utils
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -83,7 +82,12 @@ class Parallel:
     if self.mode == "jit":
       return jax.device_put(tree, self.local_devices[0])
     if self.mode == "pmap":
-      return flax.jax_utils.replicate(tree, devices=self.local_devices)
+      # Exactly the sharding pmap gives its outputs (a 'batch' mesh of this process's
+      # devices, also under multi-process): with flax.jax_utils.replicate's sharding the
+      # step compiled twice, once for the first call and once for the states it returned.
+      sharding = NamedSharding(Mesh(np.array(self.local_devices), (AXIS,)), P(AXIS))
+      return jax.tree.map(
+          lambda x: jax.device_put(np.stack([x] * self.num_local), sharding), tree)
     sharding = NamedSharding(self.mesh, P())
     return jax.tree.map(
         lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: x[idx]), tree)
