@@ -224,7 +224,7 @@ def make_figure(rows: Sequence[Mapping[str, float]], examples: Optional[Dict[str
     ax.grid(alpha=0.3)
     if name == "Discriminator losses" and keys:
       ax.axhspan(*D_LOSS_GUIDANCE, color="tab:green", alpha=0.08,
-                 label="0.2-0.5: AdvSemiSeg's healthy D loss")
+                 label="0.2-0.5: healthy (AdvSemiSeg)")
     drawn = 0
     for k in keys:
       s, v = series(rows, k)
@@ -243,7 +243,8 @@ def make_figure(rows: Sequence[Mapping[str, float]], examples: Optional[Dict[str
     if name.startswith("Validation") and drawn:
       ax.set_ylim(bottom=0)
     if drawn:
-      ax.legend(fontsize=7, loc="best")
+      loc = "upper right" if name == "Discriminator losses" else "best"
+      ax.legend(fontsize=7, loc=loc, framealpha=0.7)
     else:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes,
               color="gray")
