@@ -51,7 +51,7 @@ def _config(bn: str):
   c.method.name = "advsemi"
   c.method.lambda_adv, c.method.lambda_semi, c.method.lambda_semi_adv = 0.5, 0.5, 0.3
   c.method.semi_start = 0
-  c.method.mask_T = 0.5
+  c.method.mask_T = 0.5  # replaced by _pick_mask_t
   c.model.depths, c.model.width, c.model.num_classes = "tiny", 8, K
   c.disc.ndf = 8
   c.batch_size = GLOBAL_BATCH
@@ -90,7 +90,12 @@ def _host_states(config, seed: int):
     if name.endswith("['scale']"):
       return rng.uniform(0.5, 1.5, shape).astype(np.float32)
     if name.endswith("['kernel']"):
-      return (rng.normal(0, 1, shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+      # Variance-preserving; the stem also undoes the images' scale (std 60), so that with
+      # frozen BN (running statistics ~1) the logits stay O(1). Logits of O(100) make the
+      # softmax into D nearly one-hot and amplify conv rounding (which depends on the
+      # per-device batch size) to ~1e-5 in D's losses.
+      std = 1.0 / np.sqrt(np.prod(shape[:-1])) / (60.0 if name == "['params']['conv1']['kernel']" else 1.0)
+      return (rng.normal(0, std, shape)).astype(np.float32)
     return rng.normal(0, 0.1, shape).astype(np.float32)
 
   g_vars = jax.tree_util.tree_map_with_path(fill, jax.eval_shape(
@@ -122,6 +127,31 @@ def _batches(seed: int):
   } for _ in range(STEPS)]
 
 
+def _pick_mask_t(config, host_states, batch) -> float:
+  """A threshold between two images' confidences (D's 1x1 output is one confidence per image
+  at these crops): the widest gap among the middle ones of the first step's unlabelled
+  batch, so that some devices see every pixel masked and others none -- the global
+  normalisation of the semi CE across devices matters."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from advseg_jax import losses  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models.deeplab import upsample_logits  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models.registry import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
+
+  g, d = build_generator(config.model), build_discriminator(config.disc)
+
+  def conf(g_vars, d_params, x):
+    logits, _ = g.apply(g_vars, x, train=True, mutable=["batch_stats"])
+    probs = jax.nn.softmax(upsample_logits(logits, x.shape[1:3]), axis=-1)
+    out = upsample_logits(d.apply({"params": d_params}, probs), x.shape[1:3])
+    return losses.real_probability(out).mean(axis=(1, 2))
+
+  g_vars = {"params": host_states.g.params, "batch_stats": host_states.g.batch_stats}
+  c = np.sort(np.asarray(jax.jit(conf)(g_vars, host_states.d.params["main"],
+                                       batch["unlabelled"]["image"])))
+  j = 2 + int(np.argmax(np.diff(c)[2:-2]))
+  return float(0.5 * (c[j] + c[j + 1]))
+
+
 def _flatten(prefix: str, tree) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   return {prefix + jax.tree_util.keystr(p): np.asarray(v)
@@ -144,16 +174,19 @@ def run_worker(mode: str, bn: str, seed: int, out_path: str) -> None:
       lambda event, duration, **kw: compiles.append(event)
       if event == "/jax/core/compile/backend_compile_duration" else None)
   config = _config(bn)
+  host_states = _host_states(config, seed)
+  batches = _batches(seed)
+  config.method.mask_T = _pick_mask_t(config, host_states, batches[0])
   par = parallel_lib.Parallel(mode)
   g_model = build_generator(config.model, bn_axis_name=par.axis_name)
   d_model = build_discriminator(config.disc)
   step = par.bind_train_step(make_train_step(config, g_model, d_model, par.axis_name))
-  states = par.replicate(_host_states(config, seed))
+  states = par.replicate(host_states)
   pc, pi = jax.process_count(), jax.process_index()
   per = GLOBAL_BATCH // pc
   keys = [jax.random.key(i) for i in range(STEPS)]
   out, compiles_at = {}, []
-  for i, batch in enumerate(_batches(seed)):
+  for i, batch in enumerate(batches):
     mine = {s: {k: v[pi * per:(pi + 1) * per] for k, v in a.items()} for s, a in batch.items()}
     compiles_at.append(len(compiles))
     states, metrics = step(states, par.shard_batch(mine), keys[i])
@@ -173,6 +206,9 @@ def run_worker(mode: str, bn: str, seed: int, out_path: str) -> None:
   info = {"mode": mode, "bn": bn, "process": pi, "processes": pc,
           "devices": jax.device_count(), "local_devices": jax.local_device_count(),
           "compiles_after_step0": len(compiles) - compiles_at[1],
+          "mask_T": round(config.method.mask_T, 6),
+          "mask_ratio": [round(float(out[f"step{i}/metrics/semi/mask_ratio"]), 4)
+                         for i in range(STEPS)],
           "seconds": round(time.time() - t0, 1)}
   np.savez(out_path, __info__=np.array(json.dumps(info)), **out)
   print(json.dumps(info), flush=True)
