@@ -23,7 +23,7 @@ Also here: the Flax <-> PyTorch name mapping used by the step-parity tests
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
