@@ -111,7 +111,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, *, positional: bool = True) 
                       "(AdaptSegNet; its main layer6 output is evaluated)")
   g.add_argument("--num_classes", type=int,
                  help="classes of --torch_checkpoint (default: the dataset's, 21 VOC / 19 "
-                      "Cityscapes)")
+                      "Cityscapes, else read off the file's classifier)")
   g.add_argument("--rule", choices=("strict", "advsemi", "adaptseg"), default="strict",
                  help="how .pth keys are matched (see `convert --help`); strict (default) = "
                       "every variable must be present with the right shape, as "
@@ -166,7 +166,8 @@ def load_torch(args: argparse.Namespace, default_classes: Optional[int]
   if args.arch is None:
     raise CLIError("--torch_checkpoint needs --arch deeplabv2 (Res_Deeplab) or "
                    "deeplabv2_multi (DeeplabMulti)")
-  k = args.num_classes or default_classes
+  k = args.num_classes or default_classes or _classes_in_state_dict(path, args.arch,
+                                                                    args.trust_pickle)
   if not k:
     raise CLIError("--torch_checkpoint needs --num_classes (or --dataset to take it from)")
   spec = convert.model_spec(args.arch, k, depths=args.depths, width=args.width,
@@ -184,6 +185,19 @@ def load_torch(args: argparse.Namespace, default_classes: Optional[int]
     raise CLIError(msg) from None
   spec["source"] = {"file": os.path.basename(path), "rule": args.rule}
   return variables, spec
+
+
+def _classes_in_state_dict(path: str, arch: str, trust_pickle: bool) -> Optional[int]:
+  """Class count read off the main classifier's bias in a .pth (None if not found)."""
+  from advseg_jax.torch_io import read_state_dict  # pylint: disable=import-outside-toplevel
+
+  head = "layer6" if arch == "deeplabv2_multi" else "layer5"
+  for key, value in read_state_dict(path, trust_pickle=trust_pickle).items():
+    for prefix in ("module.", "Scale."):
+      key = key[len(prefix):] if key.startswith(prefix) else key
+    if key == f"{head}.conv2d_list.0.bias":
+      return int(np.shape(value)[0])
+  return None
 
 
 def load_from_args(args: argparse.Namespace, default_classes: Optional[int] = None

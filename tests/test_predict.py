@@ -131,3 +131,19 @@ def test_visualize_helpers():
   assert over[0, 1].tolist() == [178, 50, 50] and over[1, 1].tolist() == [100, 100, 100]
   x = T.subtract_mean(img, (104.0, 117.0, 123.0), "BGR")
   assert np.array_equal(visualize.to_display_rgb(x, (104.0, 117.0, 123.0), "BGR"), img)
+
+
+def test_predict_from_torch_checkpoint_matches_model_dir(model_dir, images, tmp_path):
+  """A .pth of the same weights (class count read off the file) gives the same labels."""
+  from advseg_jax import convert
+  path, variables, _ = model_dir
+  _, paths = images
+  pth = str(tmp_path / "same.pth")
+  convert.save_torch_checkpoint(variables, "deeplabv2", pth)
+  a, b = tmp_path / "a", tmp_path / "b"
+  assert predict.main([str(paths[0]), "-c", path, "-o", str(a), "--no_overlay",
+                       "--no_progress"]) == 0
+  assert predict.main([str(paths[0]), "--torch_checkpoint", pth, "--arch", "deeplabv2",
+                       "--depths", "tiny", "--width", "8", "--channel_order", "RGB", "-o",
+                       str(b), "--no_overlay", "--no_progress"]) == 0
+  assert np.array_equal(np.array(Image.open(a / "img0.png")), np.array(Image.open(b / "img0.png")))
