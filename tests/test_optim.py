@@ -45,19 +45,24 @@ def _seed():
   return int(np.random.SeedSequence().entropy % (2**31 - 1))
 
 
-def _rel(a, b) -> float:
+def _rel(a, b, floor=0.0) -> float:
+  """max |a - b| / max |b|; `floor` bounds the scale from below (a 1-element bias near zero
+  would otherwise turn an ulp of its update into a large "relative" error)."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  scale = np.abs(b).max()
+  scale = max(np.abs(b).max(), floor)
   return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a).max())
 
 
-def _update_err(got, want, before) -> float:
-  """Relative error of the update `p_new - p_old`, less 2 float32 ulps of p_new per element
-  (`p_new` is stored in float32, so its update is only known to that precision)."""
-  diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
-  slack = 2.0 * np.spacing(np.abs(np.asarray(want, np.float32))).astype(np.float64)
-  scale = np.abs(np.asarray(want, np.float64) - np.asarray(before, np.float64)).max()
-  return float(np.maximum(diff - slack, 0.0).max() / scale)
+def _update_err(got_new, got_old, want_new, want_old) -> float:
+  """Relative error of this step's update, each side from its own previous parameters
+  (`got_new - got_old` vs `want_new - want_old`; JAX's and torch's parameters drift apart by float32
+  ulps over the steps, which is not an error of this step's update), less 2 float32 ulps of the
+  parameters per element (they are stored in float32, so an update is only known to that)."""
+  f64 = lambda a: np.asarray(a, np.float64)
+  got_upd, want_upd = f64(got_new) - f64(got_old), f64(want_new) - f64(want_old)
+  slack = 2.0 * np.spacing(np.abs(np.asarray(want_new, np.float32))).astype(np.float64)
+  diff = np.maximum(np.abs(got_upd - want_upd) - slack, 0.0)
+  return float(diff.max() / np.abs(want_upd).max())
 
 
 def _g_template(multi: bool = False, depths=TINY, width: int = 8, num_classes: int = K):
@@ -173,6 +178,7 @@ def test_generator_sgd_matches_torch(legacy):
     opt = ttr.make_generator_optimizer(model, lr, momentum, wd, legacy=False)
   named = dict(model.named_parameters())
   before = prev = ttr.torch_arrays(model)
+  prev_got = ttr.flax_to_torch_arrays(jax.device_get(params))
   worst = worst_u = 0.0
   for step in range(4):
     grads = _random_grads(rng, ttr.torch_arrays(model))
@@ -202,10 +208,10 @@ def test_generator_sgd_matches_torch(legacy):
         assert np.array_equal(got[name], before[name]), f"{name} changed (seed {seed})"
       else:
         assert not np.array_equal(want[name], before[name]), name
-        upd = _update_err(got[name], want[name], prev[name])
+        upd = _update_err(got[name], prev_got[name], want[name], prev[name])
         worst_u = max(worst_u, upd)
         assert upd <= 1e-4, f"step {step} {name}: update rel err {upd:.2e} (seed {seed})"
-    prev = want
+    prev, prev_got = want, got
     if twin is not None:
       for name, w in ttr.torch_arrays(twin).items():
         assert _rel(w, want[name]) <= TOL, f"LegacySGD vs loop: {name} (seed {seed})"
@@ -275,9 +281,14 @@ def test_discriminator_optimizer_matches_torch(kind):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
+  # optax computes Adam's bias correction 1 - b2**t in float32 (torch: in float64); at t = 2,
+  # 1 - 0.9801 magnifies the float32 error of 0.99**2 by ~50x, i.e. a few 1e-6 of an update,
+  # so Adam is exact only to ~1e-5 of a parameter near zero. SGD has no such term.
+  tol = 1e-5 if kind.startswith("adam") else TOL
   worst_p = worst_u = 0.0
+  got = ttr.flax_to_torch_arrays(jax.device_get(params["main"]))
   for step in range(4):
-    before = ttr.torch_arrays(model)
+    before, got_before = ttr.torch_arrays(model), got
     grads = _random_grads(rng, before)
     for name, p in model.named_parameters():
       p.grad = torch.from_numpy(grads[name].copy())
@@ -287,10 +298,12 @@ def test_discriminator_optimizer_matches_torch(kind):
                                  {"main": ttr.torch_to_flax_variables(grads, template)})
     got = ttr.flax_to_torch_arrays(jax.device_get(params["main"]))
     for name, want in ttr.torch_arrays(model).items():
-      err = _rel(got[name], want)
-      upd = _update_err(got[name], want, before[name])
+      # Relative to the parameter or, for a 1-element bias near zero, to this step's update.
+      err = _rel(got[name], want, floor=np.abs(want - before[name]).max())
+      # Each side's update from its own previous parameters (see _update_err).
+      upd = _update_err(got[name], got_before[name], want, before[name])
       worst_p, worst_u = max(worst_p, err), max(worst_u, upd)
-      assert err <= TOL, f"{kind} step {step} {name}: rel err {err:.2e} (seed {seed})"
+      assert err <= tol, f"{kind} step {step} {name}: rel err {err:.2e} (seed {seed})"
       # Gradients here are ~1e-2 >> Adam's eps, so the updates themselves agree closely.
       assert upd <= 1e-4, f"{kind} step {step} {name}: update rel err {upd:.2e} (seed {seed})"
   print(f"D {kind}: params max rel err {worst_p:.2e}, updates {worst_u:.2e} (seed {seed})")
