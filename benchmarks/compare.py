@@ -38,12 +38,16 @@ def _key(r: Dict[str, Any]) -> Key:
 
 def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str, Any]],
                 variants: List[str]) -> str:
+  alt_by = {_key(r): r for r in jax_results if r.get("variant") == "alt"}
+  jax_results = [r for r in jax_results if r.get("variant") != "alt"]
   torch_by: Dict[Key, Dict[str, Dict[str, Any]]] = {}
   for r in torch_results:
     torch_by.setdefault(_key(r), {})[r.get("variant")] = r
   header = (["method", "precision", "shape (B x crop)", "depth", "JAX ms/iter", "JAX img/s"]
+            + (["JAX alt-flags ms/iter"] if alt_by else [])
             + [f"PyTorch {v} ms/iter" for v in variants]
-            + ["speed-up vs eager", "speed-up vs best PyTorch"])
+            + ["speed-up vs eager", "speed-up vs best PyTorch"]
+            + (["alt speed-up vs eager"] if alt_by else []))
   rows = []
   keys = [_key(r) for r in jax_results]
   for k in [k for k in torch_by if k not in keys]:
@@ -55,6 +59,10 @@ def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str,
     row = [k[0], k[1], k[2], k[3],
            C.fmt(jms) if jms else ("ERROR" if "error" in j else "not run"),
            C.fmt(j.get("images_per_s"), ".2f")]
+    a = alt_by.get(k, {})
+    ams = a.get("ms_median") if "error" not in a else None
+    if alt_by:
+      row.append(C.fmt(ams) if ams else ("ERROR" if "error" in a else "not run"))
     t = torch_by.get(k, {})
     best = None
     for v in variants:
@@ -69,6 +77,8 @@ def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str,
     eager = t.get("eager", {}).get("ms_median") if "error" not in t.get("eager", {}) else None
     row.append(f"{eager / jms:.2f}x" if (eager and jms) else "n/a")
     row.append(f"{best / jms:.2f}x" if (best and jms) else "n/a")
+    if alt_by:
+      row.append(f"{eager / ams:.2f}x" if (eager and ams) else "n/a")
     rows.append(row)
   return C.markdown_table(header, rows)
 
@@ -80,7 +90,7 @@ def cpu_time_table(jax_results, torch_results) -> str:
   t_by = {_key(r): r for r in torch_results if r.get("variant") == "eager" and "error" not in r}
   rows = []
   for j in jax_results:
-    if "error" in j:
+    if "error" in j or j.get("variant") == "alt":
       continue
     t = t_by.get(_key(j))
     jc, tc = j.get("cpu_ms_median"), (t or {}).get("cpu_ms_median")
@@ -112,7 +122,16 @@ def parse_args(argv=None):
                  help="pin both sides to the first N CPUs (PyTorch then uses N threads).")
   p.add_argument("--losses", default="reference", choices=("reference", "fused"),
                  help="PyTorch losses: the originals' classes (reference) or sync-free (fused).")
+  p.add_argument("--cudnn_benchmark", action="store_true",
+                 help="PyTorch side: torch.backends.cudnn.benchmark = True (GPU; recommended, "
+                      "the fixed shapes let cuDNN pick its fastest kernels like XLA's "
+                      "autotuner does).")
   p.add_argument("--xla_flags", default=None, help="extra XLA_FLAGS for the JAX side.")
+  p.add_argument("--jax_alt_xla_flags", default=None,
+                 help="also run the JAX side with these XLA_FLAGS and add a 'JAX alt' column, "
+                      "e.g. --jax_alt_xla_flags=--xla_cpu_experimental_ynn_fusion_type="
+                      "-individual_convolution (XLA:CPU convolutions through Eigen, which are "
+                      "multi-threaded, instead of single-threaded YNNPACK fusions).")
   p.add_argument("--parallel", default="auto", help="JAX binding: auto | jit | pmap | shard_map.")
   p.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first.")
   p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported).")
@@ -156,6 +175,8 @@ def main(argv=None) -> None:
     if args.xla_flags:
       jax_extra += [f"--xla_flags={args.xla_flags}"]
     torch_extra = ["--variants", args.variants, "--losses", args.losses]
+    if args.cudnn_benchmark:
+      torch_extra.append("--cudnn_benchmark")
     if args.order == "interleave":
       plan = [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")]
     else:
@@ -164,6 +185,12 @@ def main(argv=None) -> None:
       sel = ["--methods", methods_, "--dtypes", dtypes_]
       if not args.skip_jax:
         jax_results += step_throughput.main(_common_argv(args) + sel + jax_extra, quiet=True)
+        if args.jax_alt_xla_flags:
+          alt = step_throughput.main(_common_argv(args) + sel + ["--parallel", args.parallel,
+                                     f"--xla_flags={args.jax_alt_xla_flags}"], quiet=True)
+          for r in alt:
+            r["variant"] = "alt"
+          jax_results += alt
       if args.order == "jax_first":
         continue
       if not args.skip_torch:

@@ -402,8 +402,7 @@ def print_table(results: List[Dict[str, Any]], file=sys.stdout) -> None:
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
-      description="PyTorch step throughput of the originals' iteration (baseline for "
-                  "step_throughput.py).",
+      description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Presets (per-device shapes):\n" + "\n".join(
           f"  {name:10s} " + "; ".join(f"{m} {s.label()}" for m, s in shapes.items())
