@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -60,6 +61,27 @@ class CheckpointError(Exception):
 
 class ConfigChangeError(CheckpointError):
   """The workdir's saved config differs from the new one (see `config_differences`)."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint or model could not be written (full disk, permissions); what was already
+  saved is untouched and the message names the latest complete step."""
+
+
+_OS_PROBLEMS = re.compile(
+    r"(No space left on device|Disk quota exceeded|Permission denied|Read-only file system|"
+    r"File too large|Input/output error)")
+
+
+def _write_problem(e: BaseException) -> str:
+  """The operating-system reason of a failed write (orbax wraps it deep in its message)."""
+  if isinstance(e, OSError) and e.strerror:
+    return f"{e.strerror} (errno {e.errno})"
+  m = _OS_PROBLEMS.search(str(e))
+  if m:
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    return m.group(1) + (f" (errno {code.group(1)})" if code else "")
+  return _one_line(e, 400)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -172,6 +194,26 @@ class Restored:
   path: str
 
 
+def _check_shapes(item: str, restored: Any, template: Any) -> None:
+  """CheckpointError naming the first leaf whose presence or shape differs (orbax restores
+  the stored shapes whatever the template says)."""
+  def flat(tree):
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                     for k in p): np.shape(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  got, want = flat(restored), flat(template)
+  for key in want:
+    if key not in got:
+      raise CheckpointError(f"{item}/{key} is missing (the model has it, shape {want[key]})")
+    if tuple(got[key]) != tuple(want[key]):
+      raise CheckpointError(f"{item}/{key} has shape {tuple(got[key])} in the checkpoint, the "
+                            f"model wants {tuple(want[key])}")
+  extra = sorted(set(got) - set(want))
+  if extra:
+    raise CheckpointError(f"{item}/{extra[0]} is in the checkpoint but not in the model"
+                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+
 class TrainCheckpointer:
   """orbax `CheckpointManager` over `WORKDIR/checkpoints` with this project's items.
 
@@ -188,7 +230,12 @@ class TrainCheckpointer:
     self.async_save = bool(async_save)
     self.report = report or log.warning
     self.problems: List[str] = []
-    os.makedirs(self.directory, exist_ok=True)
+    self._in_flight: Optional[int] = None
+    try:
+      os.makedirs(self.directory, exist_ok=True)
+    except OSError as e:
+      raise CheckpointWriteError(f"cannot create the checkpoint directory {self.directory}: "
+                                 f"{_write_problem(e)}") from None
     self._report_unfinished()
     self._manager = self._open()
 
@@ -234,14 +281,37 @@ class TrainCheckpointer:
     }
     if d is not None:
       items["d_state"] = ocp.args.StandardSave(to_host(d))
-    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    self.wait()  # the previous asynchronous save: its error is reported against its step
+    self._in_flight = int(step)
+    try:
+      self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self._in_flight = None
+      raise self._write_error(int(step), e) from None
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the pending save is on disk; CheckpointWriteError if it failed."""
+    step, self._in_flight = self._in_flight, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(step, e) from None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+  def _write_error(self, step: Optional[int], e: BaseException) -> CheckpointWriteError:
+    done = [s for s in _valid_steps(self.directory) if s != step]
+    latest = (f"the latest complete checkpoint is step {done[0]} and nothing already saved "
+              f"was changed" if done else "no complete checkpoint exists yet")
+    msg = (f"could not write the checkpoint of step {step} to {self.step_dir(step or 0)}: "
+           f"{_write_problem(e)}; {latest}. Free disk space or make {self.directory} "
+           f"writable, then run the same command again to resume.")
+    self.problems.append(msg)
+    return CheckpointWriteError(msg)
 
   # -------------------------------------------------------------------------- restore
   def read_meta(self, step: int) -> Dict[str, Any]:
@@ -275,6 +345,9 @@ class TrainCheckpointer:
       r = self._manager.restore(int(step), args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(_one_line(e)) from None
+    _check_shapes("g_state", r["g_state"], g_template)
+    if d_template is not None:
+      _check_shapes("d_state", r["d_state"], d_template)
     data = dict(r.data_iter or {})
     states = None
     saved_states = data.get("states") or []
@@ -317,9 +390,9 @@ class TrainCheckpointer:
       return restored
     if failed:
       raise CheckpointError(
-          "no checkpoint in " + self.directory + " could be restored: " +
-          "; ".join(f"step {s}: {p}" for s, p in failed) +
-          " (if the config changed shapes, use a new --workdir)")
+          "no checkpoint in " + self.directory + " could be restored (nothing was changed; "
+          "if the config changed the model, use a new --workdir): " +
+          "; ".join(f"step {s}: {p}" for s, p in failed))
     return None
 
   def _quarantine(self, steps: Sequence[int]) -> None:
@@ -394,7 +467,15 @@ def export_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str
   if jax.process_index() != 0:
     return directory
   variables = {k: to_host(dict(v)) for k, v in variables.items()}
-  return model_io.save_model(directory, variables, spec, overwrite=True)
+  try:
+    return model_io.save_model(directory, variables, spec, overwrite=True)
+  except (OSError, ValueError, RuntimeError) as e:
+    if isinstance(e, ValueError) and not _OS_PROBLEMS.search(str(e)):
+      raise  # a bad spec / variables: not a write problem
+    raise CheckpointWriteError(
+        f"could not write the model {directory}: {_write_problem(e)}; the previous "
+        f"{os.path.basename(directory)} (if any) is unchanged. Free disk space or make "
+        f"{os.path.dirname(directory)} writable, then run the same command again.") from None
 
 
 # ----------------------------------------------------------------------------- inference

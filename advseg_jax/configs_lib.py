@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.semi_start_adv = 0       # [§6.1]
   c.method.d_remain = True          # [§6.1]
   c.method.real_label_smoothing = 0.0  # ICLR reproduction uses 0.1 [§4.2]
+  # Stabilisers that are not in the originals (off by default; the D-wins warning names them):
+  c.method.d_instance_noise = 0.0   # std of N(0, s^2) added to D's map inputs, -> 0 linearly
+  c.method.d_update_every = 1       # apply D's update every N-th step (1 = every step)
   c.method.lambda_seg = 0.1         # [§7.1] aux CE weight (multi-level)
   c.method.lambda_adv_aux = 0.0002  # [§7.1] lambda_adv_target1
   c.method.label_encoding = "basic"  # luc: 'basic' | 'product' | 'scaling'
@@ -124,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------- validation
+INIT_RULES = ("strict", "advsemi", "adaptseg", "torchvision")  # advseg_jax.convert.RULES
+
+
 class ConfigError(ValueError):
   """An invalid config value; the message names the field."""
 
@@ -164,6 +170,13 @@ def _check_stream(c: Any, prefix: str) -> None:
          "'pad', 'resize' or 'none'", c.eval_mode)
   _check(isinstance(c.num_workers, int) and c.num_workers >= 0, f"{prefix}.num_workers",
          "an int >= 0", c.num_workers)
+  _check(isinstance(c.read_threads, int) and c.read_threads >= 1, f"{prefix}.read_threads",
+         "an int >= 1", c.read_threads)
+  _check(isinstance(c.split, str) and bool(c.split), f"{prefix}.split",
+         "a split name such as 'train' or 'validation'", c.split)
+  factors = tuple(c.scale_factors) if isinstance(c.scale_factors, Iterable) else ()
+  _check(bool(factors) and all(_is_num(x) and 0 < x <= 8 for x in factors),
+         f"{prefix}.scale_factors", "a non-empty list of numbers in (0, 8]", c.scale_factors)
 
 
 def validate(c: Any, *, num_devices: int = 1) -> None:
@@ -178,6 +191,11 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
          m.mask_T)
   _check(_is_num(m.real_label_smoothing) and 0 <= m.real_label_smoothing < 0.5,
          "method.real_label_smoothing", "a number in [0, 0.5)", m.real_label_smoothing)
+  _check(_is_num(m.get("d_instance_noise", 0.0)) and 0 <= m.get("d_instance_noise", 0.0) <= 1,
+         "method.d_instance_noise", "a number in [0, 1] (std of the noise on D's inputs)",
+         m.get("d_instance_noise"))
+  _check(isinstance(m.get("d_update_every", 1), int) and m.get("d_update_every", 1) >= 1,
+         "method.d_update_every", "an int >= 1", m.get("d_update_every"))
   for f in ("semi_start", "semi_start_adv"):
     _check(isinstance(m[f], int) and m[f] >= 0, f"method.{f}", "an int >= 0", m[f])
   _check(m.label_encoding in methods.LABEL_ENCODINGS, "method.label_encoding",
@@ -241,3 +259,12 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
     _check_stream(c[prefix], prefix)
   _check(isinstance(c.diagnostics.d_wins_patience, int) and c.diagnostics.d_wins_patience >= 1,
          "diagnostics.d_wins_patience", "an int >= 1", c.diagnostics.d_wins_patience)
+  _check(_is_num(c.diagnostics.d_wins_threshold) and 0 <= c.diagnostics.d_wins_threshold < 1,
+         "diagnostics.d_wins_threshold", "a D loss in [0, 1)", c.diagnostics.d_wins_threshold)
+  _check(_is_num(c.diagnostics.d_collapse_accuracy)
+         and 0.5 <= c.diagnostics.d_collapse_accuracy <= 1, "diagnostics.d_collapse_accuracy",
+         "an accuracy in [0.5, 1]", c.diagnostics.d_collapse_accuracy)
+  _check(isinstance(c.disc.ndf, int) and c.disc.ndf >= 1, "disc.ndf", "an int >= 1", c.disc.ndf)
+  _check(c.disc.dtype in DTYPES, "disc.dtype", f"one of {sorted(DTYPES)}", c.disc.dtype)
+  _check(isinstance(c.seed, int), "seed", "an int", c.seed)
+  _check(c.init.rule in INIT_RULES, "init.rule", f"one of {INIT_RULES}", c.init.rule)

@@ -19,8 +19,10 @@ D_WINS_ADVICE = (
     "the discriminator separates real from fake almost perfectly, so the adversarial gradient "
     "to G is uninformative. Knobs, roughly in order: lower method.lambda_adv (G is pushed too "
     "hard towards D-detectable outputs, or D sees one-hot vs soft maps), set "
-    "method.real_label_smoothing=0.1, lower optim_d.lr (e.g. 1e-5), update D less often, or "
-    "add instance noise to D's inputs. The originals' D loss sits around 0.2-0.5.")
+    "method.real_label_smoothing=0.1, lower optim_d.lr (e.g. 1e-5), update D less often "
+    "(method.d_update_every=2), or add instance noise to D's inputs "
+    "(method.d_instance_noise=0.1). The originals' D loss sits around 0.2-0.5. "
+    "See README 'When the discriminator wins'.")
 D_COLLAPSE_ADVICE = (
     "the discriminator outputs the same value for real and fake inputs (accuracy ~0.5), so it "
     "gives G no signal. Knobs: raise optim_d.lr, check that D's real inputs (one-hot ground "

@@ -103,7 +103,8 @@ def test_nothing_restorable_raises_and_moves_nothing(tmp_path):
   _save_steps(wd, [1])
   _corrupt(os.path.join(wd, "checkpoints", "1"))
   c = ck.TrainCheckpointer(wd)
-  with pytest.raises(ck.CheckpointError, match="no checkpoint .* could be restored: step 1"):
+  with pytest.raises(ck.CheckpointError,
+                     match=r"no checkpoint .* could be restored \(nothing was changed; .*\): step 1"):
     c.restore_latest(_tree(0), _tree(0))
   assert c.all_steps() == [1]
   c.close()

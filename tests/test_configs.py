@@ -118,3 +118,73 @@ def test_preset_trains_two_steps(spec, tmp_path):
     n_lab = int(c.labelled_fraction * provider.n)
     assert any(call[3] == n_lab for call in provider.calls)
     assert os.path.isfile(os.path.join(str(tmp_path), "split.json"))
+
+
+# ----------------------------------------------------------------------------- validation
+def _demo():
+  return loop_helpers.load_preset("demo.py:semi")
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("data.crop_size", (0, 64), "None or two positive ints (h, w)"),
+    ("eval_data.eval_pad_size", (505,), "None or two positive ints (h, w)"),
+    ("data.scale_factors", (), "a non-empty list of numbers in (0, 8]"),
+    ("data.mean_bgr", (1.0, 2.0), "three numbers (B, G, R)"),
+    ("target_data.eval_mode", "crop", "'pad', 'resize' or 'none'"),
+    ("labelled_fraction", 0.0, "a number in (0, 1]"),
+    ("labelled_fraction", 1.5, "a number in (0, 1]"),
+    ("method.lambda_adv", -0.01, "a number >= 0"),
+    ("method.lambda_semi", -1.0, "a number >= 0"),
+    ("method.mask_T", 1.2, "a number in [0, 1]"),
+    ("method.real_label_smoothing", 0.5, "a number in [0, 0.5)"),
+    ("method.semi_start", -1, "an int >= 0"),
+    ("method.gan", "wgan", "'vanilla', 'ls' or 'softmax2'"),
+    ("method.name", "cyclegan", "one of"),
+    ("model.num_classes", 1, "an int >= 2"),
+    ("model.bn_mode", "train", "'batch_stats' or 'frozen'"),
+    ("model.aspp_branches_used", 5, "1..4"),
+    ("optim_g.lr", 0.0, "a number > 0"),
+    ("optim_g.momentum", 1.0, "in [0, 1)"),
+    ("optim_d.name", "rmsprop", "'adam' or 'sgd'"),
+    ("num_steps", 0, "an int >= 1"),
+    ("num_steps_stop", 100000, "None or an int in [1, num_steps]"),
+    ("eval_mean_mode", "median", "'auto', 'voc', 'nanmean' or 'all'"),
+    ("diagnostics.d_wins_threshold", 1.5, "a D loss in [0, 1)"),
+    ("diagnostics.d_collapse_accuracy", 0.3, "an accuracy in [0.5, 1]"),
+    ("diagnostics.d_wins_patience", 0, "an int >= 1"),
+    ("disc.ndf", 0, "an int >= 1"),
+    ("init.rule", "loose", "one of"),
+])
+def test_validation_names_the_field(field, value, expected):
+  c = _demo()
+  *parents, leaf = field.split(".")
+  node = c
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[leaf] = value
+  with pytest.raises(configs_lib.ConfigError) as e:
+    configs_lib.validate(c)
+  assert str(e.value).startswith(f"config.{field} = {value!r} is invalid: expected "), e.value
+  assert expected in str(e.value)
+
+
+def test_validation_batch_divisible_by_devices():
+  c = _demo()                      # batch 4, iter_size 1
+  configs_lib.validate(c, num_devices=2)
+  with pytest.raises(configs_lib.ConfigError,
+                     match=r"config.batch_size = 4 is invalid: expected a multiple of the device "
+                           r"count \(3\)"):
+    configs_lib.validate(c, num_devices=3)
+
+
+def test_invalid_value_on_the_command_line_is_one_error_line(tmp_path, capsys):
+  from advseg_jax.train import cli  # pylint: disable=import-outside-toplevel
+  wd = tmp_path / "never_created"
+  rc = cli.main(["--config", os.path.join(loop_helpers.CONFIGS, "demo.py"),
+                 f"--workdir={wd}", "--config.labelled_fraction=1.5"])
+  assert rc == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: config.labelled_fraction = 1.5 is invalid: expected a number in "
+                 "(0, 1]"]
+  assert not wd.exists()

@@ -109,7 +109,7 @@ def _unknown_field_message(e: BaseException, argv: Sequence[str]) -> str:
 
 def _short(e: BaseException) -> str:
   text = " ".join(str(e).split())
-  return text if len(text) < 400 else text[:400] + "..."
+  return text if len(text) < 1200 else text[:1200] + "..."
 
 
 def config_argument(argv: Sequence[str]) -> Optional[str]:
@@ -192,6 +192,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
         argv: Sequence[str] = ()) -> int:
   """Validates and trains; maps the known failures to one `error:` line and an exit code."""
   from advseg_jax import checkpoint, configs_lib, diagnostics  # pylint: disable=import-outside-toplevel
+  from advseg_jax.data.image_io import BadExampleError  # pylint: disable=import-outside-toplevel
   from advseg_jax.train import loop, parallel  # pylint: disable=import-outside-toplevel
 
   src = config_source or config_argument(argv)
@@ -210,5 +211,11 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     return 2
   except (checkpoint.CheckpointError, diagnostics.NonFiniteError) as e:
     print(f"error: {_short(e)}", file=sys.stderr)
+    return 1
+  except BadExampleError as e:
+    print(f"error: bad example in the data: {_short(e)}. Re-create the file (and the dataset "
+          "with `python -m advseg_jax prepare ... --overwrite`), or skip such examples with "
+          "--config.data.skip_bad_examples=True (target_data / eval_data likewise). The "
+          "checkpoints and logs written so far are unchanged.", file=sys.stderr)
     return 1
   return 0

@@ -65,6 +65,8 @@ SUMMARY_JSON = "summary.json"
 # Fault injection for the resume tests: SIGKILL this process right after finishing the
 # given step (once the checkpoint saves started so far have completed).
 KILL_AT_STEP_ENV = "ADVSEG_JAX_TEST_KILL_AT_STEP"
+# ... or right after the asynchronous save of the given step started (its write in flight).
+KILL_DURING_SAVE_ENV = "ADVSEG_JAX_TEST_KILL_DURING_SAVE_AT_STEP"
 STREAM_SEED_OFFSETS = {"labelled": 0, "gt": 1, "unlabelled": 2, "source": 3, "target": 4}
 
 
@@ -600,6 +602,7 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
   p_step = par.bind_train_step(steps_lib.make_train_step(config, g_model, d_model,
                                                          axis_name=par.axis_name))
   kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "-1") or -1)
+  kill_during_save = int(os.environ.get(KILL_DURING_SAVE_ENV, "-1") or -1)
   pending: List[Tuple[int, Any]] = []
   last_states_for_ckpt: Optional[Dict[str, Any]] = data_states
   status = "completed"
@@ -708,6 +711,8 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
           evaluate(step, states)
         if do_ckpt:
           save(step, states)
+          if step == kill_during_save:
+            os.kill(os.getpid(), signal.SIGKILL)
         if do_eval or do_ckpt:
           run.window_excluded += time.time() - t_side
           progress.reset_clock(step)
@@ -715,6 +720,9 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
           checkpointer.wait()  # the saves so far are durable, then die without cleanup
           os.kill(os.getpid(), signal.SIGKILL)
         if guard.requested:
+          if not do_ckpt:  # the signal came after this step's checkpoint decision
+            flush(step)
+            save(step, states)
           status = f"preempted ({guard.signal_name})"
           log.warning("%s received: saved step %d, stopping", guard.signal_name, step)
           break

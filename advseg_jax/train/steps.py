@@ -48,6 +48,22 @@ def make_context(config: Any, g_model, d_model, axis_name: Optional[str]) -> met
                          gan=config.method.gan, axis_name=axis_name)
 
 
+def with_instance_noise(d_apply: Callable, rng: jax.Array, std: jax.Array) -> Callable:
+  """`d_apply` that adds N(0, std^2) to its last input (the class-probability / label map;
+  the Luc et al. image branch is left alone). Each call draws fresh noise (the calls are
+  numbered in trace order, so a step is still deterministic given `rng`)."""
+  calls = [0]
+
+  def noisy(level_params, *inputs):
+    key = jax.random.fold_in(rng, calls[0])
+    calls[0] += 1
+    x = inputs[-1]
+    x = x + (std * jax.random.normal(key, x.shape, jnp.float32)).astype(x.dtype)
+    return d_apply(level_params, *inputs[:-1], x)
+
+  return noisy
+
+
 def _split(batch: Batch, n: int, i: int) -> Batch:
   """The i-th of n equal chunks of every stream along the batch axis (iter_size)."""
   if n == 1:
@@ -81,12 +97,22 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
   skip_nonfinite = bool(config.diagnostics.skip_nonfinite)
   sync_bn = bool(config.model.sync_bn)
   num_steps = int(config.num_steps)
+  noise_std = float(config.method.get("d_instance_noise", 0.0))
+  d_every = int(config.method.get("d_update_every", 1))
+  base_ctx = ctx
 
   def pmean(x):
     return lax.pmean(x, axis_name) if axis_name is not None else x
 
   def step(states: TrainStates, batch: Batch, rng: jax.Array) -> Tuple[TrainStates, Metrics]:
-    del rng  # The originals' step is deterministic given the batch.
+    # The originals' step is deterministic given the batch; `rng` only feeds instance noise.
+    ctx = base_ctx
+    noise_now = None
+    if noise_std > 0 and method.uses_discriminator:
+      if axis_name is not None:
+        rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+      noise_now = noise_std * jnp.maximum(0.0, 1.0 - states.step / num_steps)
+      ctx = dataclasses.replace(ctx, d_apply=with_instance_noise(ctx.d_apply, rng, noise_now))
     g_params, batch_stats = states.g.params, states.g.batch_stats
     d_params = states.d.params if states.d is not None else None
     g_grads = jax.tree.map(jnp.zeros_like, g_params)
@@ -127,12 +153,19 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
     if method.uses_discriminator:
       d_grads = pmean(d_grads)
       new_d = states.d.apply_gradients(grads=d_grads)
+      if d_every > 1:  # D learns on every d_every-th step only (its optimiser count too)
+        d_now = states.step % d_every == 0
+        new_d = jax.tree.map(lambda n, o: jnp.where(d_now, n, o), new_d, states.d)
     metrics = pmean(metrics)
     finite = _all_finite((metrics, g_grads, d_grads))
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     metrics["lr/g"] = optim.learning_rate(config.optim_g, num_steps, states.step)
     if method.uses_discriminator:
       metrics["lr/d"] = optim.learning_rate(config.optim_d, num_steps, states.step)
+      if d_every > 1:
+        metrics["d/updated"] = (states.step % d_every == 0).astype(jnp.float32)
+      if noise_now is not None:
+        metrics["d/instance_noise"] = noise_now
     new_states = TrainStates(step=states.step + 1, g=new_g, d=new_d)
     if skip_nonfinite:
       keep = lambda new, old: jnp.where(finite, new, old)
