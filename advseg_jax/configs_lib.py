@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.diagnostics = ml_collections.ConfigDict()
   c.diagnostics.grad_norms = False
   c.diagnostics.skip_nonfinite = False  # False: stop the run naming the term
-  c.diagnostics.d_wins_threshold = 0.05  # D loss below this ...
+  c.diagnostics.d_wins_threshold = 0.2   # D loss below this (the band's low edge, §10.7) ...
   c.diagnostics.d_wins_patience = 50     # ... for this many logged steps -> warning
   c.diagnostics.d_collapse_accuracy = 0.55
   return c

@@ -62,7 +62,7 @@ def check_finite(step: int, metrics: Mapping[str, float], skip: bool) -> Optiona
 @dataclasses.dataclass
 class GanMonitor:
   """Counts consecutive logged steps in which D wins or collapses; warns once per episode."""
-  d_wins_threshold: float = 0.05
+  d_wins_threshold: float = 0.2
   patience: int = 50
   collapse_accuracy: float = 0.55
   _wins: int = 0

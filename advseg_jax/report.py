@@ -306,12 +306,10 @@ def d_balance_lines(rows: Sequence[Mapping[str, float]]) -> List[str]:
     st = stats(s, v)
     lo, hi = D_LOSS_GUIDANCE
     m = st["tail_mean"]
-    if m < 0.05:
-      verdict = ("**D wins**: it separates real from fake almost perfectly, so G's adversarial "
-                 "gradient carries little information (lower lambda_adv or D's learning rate, "
-                 "or smooth the real labels)")
-    elif m < lo:
-      verdict = "below the 0.2-0.5 band: D is strong; watch for D winning"
+    if m < lo:
+      verdict = ("below the 0.2-0.5 band: **D wins**, it separates real from fake almost "
+                 "perfectly, so G's adversarial gradient carries little information (see README "
+                 "'When the discriminator wins' for the knobs)")
     elif m <= hi:
       verdict = "inside the 0.2-0.5 band the AdvSemiSeg author calls healthy"
     else:

@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.checkpoint_every = 200
   c.keep_checkpoints = 2
   c.eval_max_examples = 48
+  c.diagnostics.d_wins_patience = 10  # logged rows (200 steps) with D loss < 0.2 -> warning
 
   c.model.arch = "deeplabv2_multi" if name == "adaptseg" else "deeplabv2"
   c.model.num_classes = 5             # background, disc, square, triangle, ring
