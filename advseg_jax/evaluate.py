@@ -133,10 +133,20 @@ def add_checkpoint_args(p: argparse.ArgumentParser, *, positional: bool = True) 
                       "; only for files you trust")
 
 
-def load_checkpoint(path: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """`(variables, spec)` of a generator from a model directory or a training workdir."""
-  from advseg_jax import checkpoint  # pylint: disable=import-outside-toplevel
-
+def check_checkpoint_args(args: argparse.Namespace) -> None:
+  """The cheap checks of the checkpoint flags (paths exist, the flags fit together), so that a
+  command fails on them before any slow work."""
+  if args.torch_checkpoint:
+    if getattr(args, "checkpoint", None):
+      raise CLIError("give either CHECKPOINT or --torch_checkpoint, not both")
+    if not os.path.isfile(args.torch_checkpoint):
+      raise CLIError(f"{args.torch_checkpoint}: no such file (--torch_checkpoint expects a "
+                     f".pth file)")
+    if args.arch is None:
+      raise CLIError("--torch_checkpoint needs --arch deeplabv2 (Res_Deeplab) or "
+                     "deeplabv2_multi (DeeplabMulti)")
+    return
+  path = getattr(args, "checkpoint", None)
   if not path:
     raise CLIError("no checkpoint given: pass a model directory / training workdir, or "
                    "--torch_checkpoint PTH --arch ARCH")
@@ -148,6 +158,13 @@ def load_checkpoint(path: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]
             if path.endswith((".pth", ".pt", ".pkl")) else "")
     raise CLIError(f"{path}: is a file, expected a model directory or a training "
                    f"workdir{hint}")
+
+
+def load_checkpoint(path: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`(variables, spec)` of a generator from a model directory or a training workdir."""
+  from advseg_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  check_checkpoint_args(argparse.Namespace(checkpoint=path, torch_checkpoint=None))
   variables, spec = checkpoint.load_for_inference(path)
   spec = dict(spec)
   if spec.get("kind", "generator") != "generator":
@@ -160,12 +177,7 @@ def load_torch(args: argparse.Namespace, default_classes: Optional[int]
                ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   from advseg_jax import convert  # pylint: disable=import-outside-toplevel
 
-  path = args.torch_checkpoint
-  if not os.path.isfile(path):
-    raise CLIError(f"{path}: no such file (--torch_checkpoint expects a .pth file)")
-  if args.arch is None:
-    raise CLIError("--torch_checkpoint needs --arch deeplabv2 (Res_Deeplab) or "
-                   "deeplabv2_multi (DeeplabMulti)")
+  path = args.torch_checkpoint  # checked by load_from_args
   k = args.num_classes or default_classes or _classes_in_state_dict(path, args.arch,
                                                                     args.trust_pickle)
   if not k:
@@ -174,9 +186,10 @@ def load_torch(args: argparse.Namespace, default_classes: Optional[int]
                             aspp_branches_used=args.aspp_branches_used,
                             channel_order=args.channel_order)
   try:
-    variables = convert.load_torch_checkpoint(
+    variables, report = convert.load_torch_checkpoint(
         path, args.arch, k, rule=args.rule, depths=args.depths, width=args.width,
-        aspp_branches_used=args.aspp_branches_used, trust_pickle=args.trust_pickle)
+        aspp_branches_used=args.aspp_branches_used, trust_pickle=args.trust_pickle,
+        return_report=True)
   except convert.ConversionError as e:
     msg = one_line(e)
     if "mismatch" in msg or "missing" in msg or "unexpected" in msg:
@@ -184,6 +197,7 @@ def load_torch(args: argparse.Namespace, default_classes: Optional[int]
               f"{args.depths}, --width {args.width}; check those flags")
     raise CLIError(msg) from None
   spec["source"] = {"file": os.path.basename(path), "rule": args.rule}
+  print(report.summary())  # what was loaded / skipped / freshly initialised, as `convert`
   return variables, spec
 
 
@@ -203,9 +217,8 @@ def _classes_in_state_dict(path: str, arch: str, trust_pickle: bool) -> Optional
 def load_from_args(args: argparse.Namespace, default_classes: Optional[int] = None
                    ) -> Tuple[Dict[str, Any], Dict[str, Any], str]:
   """`(variables, spec, description)` from the checkpoint flags."""
+  check_checkpoint_args(args)
   if args.torch_checkpoint:
-    if getattr(args, "checkpoint", None):
-      raise CLIError("give either CHECKPOINT or --torch_checkpoint, not both")
     v, s = load_torch(args, default_classes)
     return v, s, os.path.abspath(args.torch_checkpoint)
   v, s = load_checkpoint(getattr(args, "checkpoint", None))
@@ -252,7 +265,14 @@ def known_error_types() -> Tuple[type, ...]:
 
 
 def run_cli(fn, args) -> int:
-  """Runs `fn(args)`; user-facing errors become one `error:` line on stderr and exit code 2."""
+  """Runs `fn(args)`; user-facing errors become one `error:` line on stderr and exit code 2.
+
+  The command's results go to stdout; stderr carries warnings (e.g. skipped bad examples) and
+  the error line, whatever logging an earlier command in the same process set up.
+  """
+  from advseg_jax import logging_utils  # pylint: disable=import-outside-toplevel
+
+  logging_utils.setup_console_logging(logging.WARNING)
   try:
     return int(fn(args) or 0)
   except known_error_types() as e:
@@ -668,12 +688,18 @@ def _run(args: argparse.Namespace) -> int:
   if args.batch_size < 1:
     raise CLIError(f"--batch_size must be >= 1, got {args.batch_size}")
   default_k = None
-  if args.torch_checkpoint and args.num_classes is None and args.dataset:
+  if args.dataset:
     from advseg_jax import data  # pylint: disable=import-outside-toplevel
+    from advseg_jax.data import registry  # pylint: disable=import-outside-toplevel
     try:
-      default_k = data.get_info(args.dataset).num_classes
+      name, cfg = registry.split_name(args.dataset)
+      info = data.get_info(name, cfg)
     except (KeyError, ValueError) as e:
-      raise CLIError(f"--dataset: {one_line(e)}") from None
+      raise CLIError(f"--dataset: {one_line(e).strip(chr(34))}") from None
+    if args.torch_checkpoint and args.num_classes is None:
+      default_k = info.num_classes
+    check_checkpoint_args(args)
+    data.ensure_prepared(name, args.data_dir, cfg)  # before the (slow) checkpoint load
   if args.output_json:
     parent = os.path.dirname(os.path.abspath(args.output_json))
     if not os.path.isdir(parent):
