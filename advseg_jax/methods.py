@@ -25,7 +25,7 @@ Metric names: `g/*` generator terms, `d/*` discriminator terms, `semi/*` confide
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp

@@ -19,7 +19,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARN_KEYS = ("D wins", "D collapsed")

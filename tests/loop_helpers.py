@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-from typing import Any, Dict, Optional
+from typing import Dict
 
 import numpy as np
 
@@ -175,3 +174,18 @@ def losses_by_step(path: str, prefix=("g/", "d/")) -> Dict[int, Dict[str, float]
     if terms:
       out.setdefault(int(row["step"]), {}).update(terms)
   return out
+
+
+def assert_same_variables(a, b) -> None:
+  """Two variable trees have the same leaves, bit for bit."""
+  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+def final_model_variables(workdir: str):
+  from advseg_jax import checkpoint as ck  # pylint: disable=import-outside-toplevel
+  from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
+  variables, _ = model_io.load_model(os.path.join(workdir, ck.FINAL_MODEL))
+  return variables

@@ -2,14 +2,12 @@
 
 import os
 import shutil
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from advseg_jax.data import labels as L
 from advseg_jax.data import prepare
 from advseg_jax.data import source as source_lib
 

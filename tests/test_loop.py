@@ -24,30 +24,7 @@ from advseg_jax.train import cli, loop
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return loop_helpers.prepare_shapes(str(tmp_path_factory.mktemp("tfds")))
-
-
-@pytest.fixture(scope="module")
-def reference(data_dir, tmp_path_factory):
-  """One uninterrupted run of STEPS steps."""
-  wd = str(tmp_path_factory.mktemp("reference"))
-  assert cli.main(loop_helpers.demo_argv(wd, data_dir, steps=STEPS)) == 0
-  return wd
-
-
-def _final_params(workdir):
-  variables, _ = model_io.load_model(os.path.join(workdir, ck.FINAL_MODEL))
-  return variables
-
-
-def _assert_same_variables(a, b):
-  import jax
-  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (path, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+# `data_dir` and `reference` (a 4-step run) are session fixtures in conftest.py.
 
 
 def test_end_to_end_outputs(reference):
@@ -107,7 +84,8 @@ def test_resume_after_sigkill_is_exact(reference, data_dir, tmp_path):
   got = loop_helpers.losses_by_step(os.path.join(wd, "metrics.jsonl"))
   assert sorted(got) == [1, 2, 3, 4]
   assert got == ref
-  _assert_same_variables(_final_params(wd), _final_params(reference))
+  loop_helpers.assert_same_variables(loop_helpers.final_model_variables(wd),
+                                   loop_helpers.final_model_variables(reference))
   split_ref = json.load(open(os.path.join(reference, "split.json")))
   assert json.load(open(os.path.join(wd, "split.json"))) == split_ref
 
@@ -127,7 +105,8 @@ def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path, cap
   assert f"checkpoint {step4} is incomplete or corrupt (" in lines[0]
   assert lines[0].endswith("using step 2 instead")
   assert os.listdir(os.path.join(wd, ck.CORRUPT_DIR))[0].startswith("4-")
-  _assert_same_variables(_final_params(wd), _final_params(reference))
+  loop_helpers.assert_same_variables(loop_helpers.final_model_variables(wd),
+                                   loop_helpers.final_model_variables(reference))
   summary = json.load(open(os.path.join(wd, "summary.json")))
   assert summary["start_step"] == 2 and any("corrupt" in p for p in summary["problems"])
 
@@ -230,9 +209,9 @@ def test_split_from_originals_train_id_pkl(tmp_path):
 def test_initialisation_from_model_dir_and_pth(reference, tmp_path):
   from advseg_jax import convert
   c = loop_helpers.load_preset("demo.py:semi,runlocal")
-  ref = _final_params(reference)
+  ref = loop_helpers.final_model_variables(reference)
   c.init.checkpoint = os.path.join(reference, ck.FINAL_MODEL)
-  _assert_same_variables(loop.initial_generator_variables(c), ref)
+  loop_helpers.assert_same_variables(loop.initial_generator_variables(c), ref)
   c.init.checkpoint = reference                       # a workdir: its best_model
   assert loop.initial_generator_variables(c)["params"].keys() == ref["params"].keys()
 
@@ -240,14 +219,14 @@ def test_initialisation_from_model_dir_and_pth(reference, tmp_path):
   convert.save_torch_checkpoint(ref, "deeplabv2", pth)
   c.init.checkpoint = pth
   c.init.rule = "strict"
-  _assert_same_variables(loop.initial_generator_variables(c), ref)
+  loop_helpers.assert_same_variables(loop.initial_generator_variables(c), ref)
 
   d_vars, _ = ck.load_discriminator_for_inference(reference)
   d_pth = str(tmp_path / "d.pth")
   convert.save_torch_checkpoint(d_vars, "fc_discriminator", d_pth)
   c.init.d_checkpoint = d_pth
   d_params = loop.initial_discriminator_params(c)
-  _assert_same_variables(d_params["main"], d_vars["params"])
+  loop_helpers.assert_same_variables(d_params["main"], d_vars["params"])
 
   c.model.num_classes = 6
   c.init.checkpoint = os.path.join(reference, ck.FINAL_MODEL)
@@ -277,5 +256,5 @@ def test_resume_on_two_devices(reference, data_dir, tmp_path):
   got = loop_helpers.losses_by_step(os.path.join(wd, "metrics.jsonl"))
   assert all(np.isfinite(v).all() for v in (list(r.values()) for r in got.values()))
   v, spec = model_io.load_model(os.path.join(wd, ck.FINAL_MODEL))
-  assert v["params"]["conv1"]["kernel"].shape == _final_params(reference)["params"]["conv1"][
-      "kernel"].shape
+  ref = loop_helpers.final_model_variables(reference)
+  assert v["params"]["conv1"]["kernel"].shape == ref["params"]["conv1"]["kernel"].shape

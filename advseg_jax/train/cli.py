@@ -8,7 +8,6 @@ Exit codes: 0 done (or --help / --print_config), 2 a usage / config / workdir pr
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from typing import List, Optional, Sequence

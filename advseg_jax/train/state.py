@@ -13,7 +13,6 @@ from typing import Any, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 from flax.training import train_state
 
 from advseg_jax import methods
