@@ -31,7 +31,8 @@ D_COLLAPSE_ADVICE = (
 
 
 class NonFiniteError(RuntimeError):
-  """A loss or gradient became NaN/Inf; the message names the step and the terms."""
+  """A loss, gradient or updated weight became NaN/Inf; the message names the step and the
+  terms."""
 
 
 def nonfinite_terms(metrics: Mapping[str, float]) -> List[str]:
@@ -43,12 +44,14 @@ def nonfinite_terms(metrics: Mapping[str, float]) -> List[str]:
 def check_finite(step: int, metrics: Mapping[str, float], skip: bool) -> Optional[str]:
   """Raises NonFiniteError (or returns a warning when `skip`) if the step was non-finite.
 
-  `metrics['nonfinite']` is set by the step when any loss, metric or gradient was not finite;
-  the terms that are themselves non-finite are named (if only gradients were, it says so).
+  `metrics['nonfinite']` is set by the step when any loss, metric, gradient or updated weight
+  was not finite; the terms that are themselves non-finite are named (if only gradients or
+  weights were, it says so).
   """
   if not metrics.get("nonfinite", 0.0) and not nonfinite_terms(metrics):
     return None
-  terms = nonfinite_terms(metrics) or ["a gradient (all logged losses are finite)"]
+  terms = nonfinite_terms(metrics) or [
+      "a gradient or the updated weights (all logged losses are finite)"]
   if skip:
     return (f"step {step}: non-finite {', '.join(terms)}; the update was skipped "
             "(diagnostics.skip_nonfinite=True)")

@@ -20,28 +20,19 @@ import subprocess
 import sys
 
 import loop_helpers
-import numpy as np
 import pytest
 
 from advseg_jax import checkpoint as ck
-from advseg_jax import model_io
 from advseg_jax.data import pipeline
 from advseg_jax.train import cli, loop
 
 STEPS = 4
+# G's SGD at this rate makes the classifier weights ~1e30 after one step; the logits overflow
+# float32 by step 3 (measured: step 2 g/loss 3e30, step 3 NaN / Inf).
+ABSURD_LR = 1e30
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return loop_helpers.prepare_shapes(str(tmp_path_factory.mktemp("tfds")))
-
-
-@pytest.fixture(scope="module")
-def reference(data_dir, tmp_path_factory):
-  """One uninterrupted run of STEPS steps: checkpoints 2 and 4, final_model."""
-  wd = str(tmp_path_factory.mktemp("reference"))
-  assert cli.main(loop_helpers.demo_argv(wd, data_dir, steps=STEPS)) == 0
-  return wd
+# `data_dir` and `reference` (a 4-step run) are session fixtures in conftest.py.
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -87,13 +78,8 @@ def _copy_without_step4(reference: str, dest: str) -> str:
 
 
 def _assert_same_final(a: str, b: str) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  va, _ = model_io.load_model(os.path.join(a, ck.FINAL_MODEL))
-  vb, _ = model_io.load_model(os.path.join(b, ck.FINAL_MODEL))
-  la, lb = jax.tree_util.tree_leaves_with_path(va), jax.tree_util.tree_leaves_with_path(vb)
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (path, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+  loop_helpers.assert_same_variables(loop_helpers.final_model_variables(a),
+                                     loop_helpers.final_model_variables(b))
 
 
 def _train_subprocess(argv, timeout=900, max_file_bytes=None, **env):
@@ -328,3 +314,43 @@ def test_init_from_a_model_of_another_arch_or_class_count(reference, data_dir, t
   assert _digest(model_dir) == before
   assert not os.path.isdir(os.path.join(wd, "checkpoints")) or \
       not os.listdir(os.path.join(wd, "checkpoints"))
+
+
+def test_nonfinite_loss_stops_before_the_step_is_checkpointed(data_dir, tmp_path, capsys):
+  """An absurd G learning rate: after the first update the weights or the losses overflow to
+  Inf / NaN. The run stops at that step, and the latest checkpoint holds finite weights."""
+  wd = str(tmp_path / "nan")
+  argv = loop_helpers.demo_argv(wd, data_dir, f"--config.optim_g.lr={ABSURD_LR}",
+                                "--config.checkpoint_every=1", steps=STEPS)
+  capsys.readouterr()
+  assert cli.main(argv) == 1
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("error: step ") and ": non-finite value in " in last, last
+  bad_step = int(last.split("error: step ")[1].split(":")[0])
+  assert "skip_nonfinite=True" in last
+  saved = sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
+  assert saved and saved == list(range(1, bad_step)), (saved, bad_step)  # last good = latest
+  latest = os.path.join(wd, "checkpoints", str(saved[-1]))
+  _assert_finite(ck.load_for_inference(latest)[0], latest)
+  rows = loop_helpers.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+  assert [r["step"] for r in rows if "g/loss" in r] == list(range(1, bad_step))
+
+
+def _assert_finite(variables, where: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  for path, x in jax.tree_util.tree_leaves_with_path(variables):
+    assert np.isfinite(np.asarray(x)).all(), f"{where}: {jax.tree_util.keystr(path)}"
+
+
+def test_nonfinite_updates_are_skipped_with_the_flag(data_dir, tmp_path, capsys):
+  """skip_nonfinite=True: the non-finite steps are reported and not applied; the run ends."""
+  wd = str(tmp_path / "skip")
+  argv = loop_helpers.demo_argv(wd, data_dir, f"--config.optim_g.lr={ABSURD_LR}",
+                                "--config.diagnostics.skip_nonfinite=True", steps=STEPS)
+  capsys.readouterr()
+  assert cli.main(argv) == 0
+  err = capsys.readouterr().err
+  skipped = [line for line in err.splitlines() if "the update was skipped" in line]
+  assert skipped, err
+  _assert_finite(loop_helpers.final_model_variables(wd), "final_model")
