@@ -160,7 +160,7 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
     # The updated weights too: finite gradients times a large learning rate can overflow them
     # (all of these are identical on every device, so every device takes the same decision).
     finite = _all_finite((metrics, g_grads, d_grads, new_g.params, new_g.batch_stats,
-                          new_d.params))
+                          new_d.params if method.uses_discriminator else None))
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     metrics["lr/g"] = optim.learning_rate(config.optim_g, num_steps, states.step)
     if method.uses_discriminator:
