@@ -131,6 +131,9 @@ def parse_args(argv=None):
                       "e.g. --jax_alt_xla_flags=--xla_cpu_experimental_ynn_fusion_type="
                       "-individual_convolution (XLA:CPU convolutions through Eigen, which are "
                       "multi-threaded, instead of single-threaded YNNPACK fusions).")
+  p.add_argument("--pointwise_impl", default="dot", choices=("dot", "conv"),
+                 help="JAX side: config.model.pointwise_impl (1x1 convolutions as matrix "
+                      "products or as convolutions).")
   p.add_argument("--parallel", default="auto", help="JAX binding: auto | jit | pmap | shard_map.")
   p.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first.")
   p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported).")
@@ -170,7 +173,7 @@ def main(argv=None) -> None:
     machine = C.machine_info()
     machine["loadavg_start"] = machine.pop("loadavg")
     jax_results, torch_results = [], []
-    jax_extra = ["--parallel", args.parallel]
+    jax_extra = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl]
     if args.xla_flags:
       jax_extra += [f"--xla_flags={args.xla_flags}"]
     torch_extra = ["--variants", args.variants, "--losses", args.losses]
@@ -186,6 +189,7 @@ def main(argv=None) -> None:
         jax_results += step_throughput.main(_common_argv(args) + sel + jax_extra, quiet=True)
         if args.jax_alt_xla_flags:
           alt = step_throughput.main(_common_argv(args) + sel + ["--parallel", args.parallel,
+                                     "--pointwise_impl", args.pointwise_impl,
                                      f"--xla_flags={args.jax_alt_xla_flags}"], quiet=True)
           for r in alt:
             r["variant"] = "alt"

@@ -183,12 +183,14 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
       "devices": par.num_devices, "device": dev.device_kind, "platform": dev.platform,
       "donate": case["donate"], "jax": jax.__version__, "cpus": pinned,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "pointwise_impl": case.get("pointwise_impl", "dot"),
   }
   import flax  # pylint: disable=import-outside-toplevel
   res["flax"] = flax.__version__
 
   cfg = build_config(method, precision, case["depth"], case["width"], case["num_classes"],
                      shape.batch * par.num_devices, mode, par.num_devices)
+  cfg.model.pointwise_impl = case.get("pointwise_impl", "dot")
   g_model = build_generator(cfg.model, bn_axis_name=par.axis_name)
   d_model = None if method == "supervised" else build_discriminator(cfg.disc)
   states = create_train_states(cfg, g_model, d_model, jax.random.key(cfg.seed))
@@ -324,7 +326,7 @@ def make_cases(args) -> List[Dict[str, Any]]:
           "compile_only": args.compile_only, "peak_tflops": args.peak_tflops,
           "fp32_peak": args.fp32_peak, "check_recompile": args.check_recompile,
           "cache_dir": args.compilation_cache, "xla_flags": args.xla_flags,
-          "preset": args.preset, "cpus": args.cpus,
+          "preset": args.preset, "cpus": args.cpus, "pointwise_impl": args.pointwise_impl,
       })
   return cases
 
@@ -374,6 +376,10 @@ def parse_args(argv=None):
                       "otherwise).")
   p.add_argument("--width", type=int, default=64,
                  help="stem width / layer1 planes (64 = the originals).")
+  p.add_argument("--pointwise_impl", default="dot", choices=("dot", "conv"),
+                 help="config.model.pointwise_impl: the backbone's 1x1 convolutions as matrix "
+                      "products (dot, the default) or as convolutions (conv), to measure the "
+                      "difference on a device.")
   p.add_argument("--num_classes", type=int, default=None,
                  help="classes (default 21 for supervised/advsemi, 19 for adaptseg).")
   p.add_argument("--batch", type=int, default=None,

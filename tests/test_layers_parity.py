@@ -104,3 +104,55 @@ def test_output_size_table():
   table = {321: 41, 505: 64, 512: 65, 1024: 129, 720: 91, 1280: 161, 65: 9, 97: 13, 73: 10}
   for n, want in table.items():
     assert output_size(n) == want == torch_out(n), n
+
+
+@pytest.mark.parametrize("stride,size,bias", [(1, 41, False), (2, 41, False), (2, 40, True),
+                                              (1, 13, True)])
+def test_pointwise_conv_equals_torch_and_nn_conv(stride, size, bias):
+  """`PointwiseConv` (1x1 conv as a matrix product) == torch Conv2d(1x1) == `nn.Conv`, with
+  the same variables; and the same gradients as `nn.Conv`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  rng, seed = fresh_rng()
+  cin, cout = 24, 40
+  x = rng.normal(0, 1, (2, cin, size, size + 3)).astype(np.float32)
+  w = rng.normal(0, 0.2, (cout, cin, 1, 1)).astype(np.float32)
+  b = rng.normal(0, 0.2, (cout,)).astype(np.float32) if bias else None
+  want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                  None if b is None else torch.from_numpy(b), stride=stride).numpy()
+  variables = {"params": {"kernel": jnp.asarray(w.transpose(2, 3, 1, 0))}}
+  if bias:
+    variables["params"]["bias"] = jnp.asarray(b)
+  mods = {impl: layers.conv(cout, 1, stride=stride, use_bias=bias, in_features=cin,
+                            pointwise_impl=impl) for impl in layers.POINTWISE_IMPLS}
+  assert isinstance(mods["dot"], layers.PointwiseConv)
+  xj = jnp.asarray(nchw_to_nhwc(x))
+  inits = {k: jax.eval_shape(m.init, jax.random.key(0), xj) for k, m in mods.items()}
+  assert jax.tree_util.tree_structure(inits["dot"]) == jax.tree_util.tree_structure(
+      inits["conv"]) and all(a.shape == c.shape for a, c in zip(
+          jax.tree_util.tree_leaves(inits["dot"]), jax.tree_util.tree_leaves(inits["conv"])))
+  out = {k: np.asarray(m.apply(variables, xj)) for k, m in mods.items()}
+  for k, got in out.items():
+    err = rel_err(nhwc_to_nchw(got), want)
+    assert err <= TOL, (k, err, seed)
+  grads = {k: jax.grad(lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1))(
+      variables, xj) for k, m in mods.items()}
+  for a, c in zip(jax.tree_util.tree_leaves(grads["dot"]), jax.tree_util.tree_leaves(grads["conv"])):
+    assert rel_err(np.asarray(a), np.asarray(c)) <= TOL, seed
+
+
+def test_pointwise_impls_give_the_same_network():
+  """DeepLabV2 with 1x1 convs as matrix products or as convolutions: same variable tree
+  (names, shapes, init values), same logits."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models.deeplab import DeepLabV2  # pylint: disable=import-outside-toplevel
+  rng, seed = fresh_rng()
+  x = jnp.asarray(rng.normal(0, 1, (2, 49, 41, 3)).astype(np.float32))
+  nets = {impl: DeepLabV2(num_classes=5, depths=(1, 2, 1, 1), width=8, pointwise_impl=impl)
+          for impl in layers.POINTWISE_IMPLS}
+  inits = {k: n.init(jax.random.key(seed % 1000), x) for k, n in nets.items()}
+  la, lc = (jax.tree_util.tree_leaves_with_path(inits[k]) for k in ("dot", "conv"))
+  assert [p for p, _ in la] == [p for p, _ in lc]
+  for (p, a), (_, c) in zip(la, lc):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(c), err_msg=str(p))
+  outs = {k: np.asarray(n.apply(inits["conv"], x, train=False)) for k, n in nets.items()}
+  assert rel_err(outs["dot"], outs["conv"]) <= TOL, seed

@@ -56,6 +56,8 @@ class DeepLabV2(nn.Module):
       or 'frozen' (running statistics always).
     bn_axis_name: mapped axis for cross-device (sync) batch statistics, or None.
     dtype: activation/computation dtype (parameters and BN statistics stay float32).
+    pointwise_impl: 'dot' computes the backbone's 1x1 convolutions as matrix products
+      (`layers.PointwiseConv`: same variables, faster on XLA:CPU), 'conv' as convolutions.
   """
   num_classes: int
   multi_level: bool = False
@@ -67,11 +69,13 @@ class DeepLabV2(nn.Module):
   bn_mode: str = "batch_stats"
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
+  pointwise_impl: str = "dot"
 
   def _layer(self, idx: int, planes: int, stride: int, dilation: int) -> ResLayer:
     return ResLayer(planes=planes, blocks=self.depths[idx], stride=stride, dilation=dilation,
                     stride_in_1x1=self.stride_in_1x1, bn_mode=self.bn_mode,
-                    bn_axis_name=self.bn_axis_name, dtype=self.dtype, name=f"layer{idx + 1}")
+                    bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                    pointwise_impl=self.pointwise_impl, name=f"layer{idx + 1}")
 
   def _classifier(self, name: str) -> ASPPClassifier:
     return ASPPClassifier(num_classes=self.num_classes, dilations=tuple(self.aspp_dilations),

@@ -3,7 +3,8 @@
 All tensors are NHWC. Each helper here reproduces one PyTorch operation of the
 originals bit-for-bit up to float rounding (see tests/test_layers_parity.py):
 
-* `conv`                         -- `nn.Conv2d` with explicit symmetric padding;
+* `conv`                         -- `nn.Conv2d` with explicit symmetric padding (1x1 ones
+                                    optionally as a matrix product, `PointwiseConv`);
 * `max_pool_ceil`                -- `nn.MaxPool2d(k, s, p, ceil_mode=True)`;
 * `resize_bilinear_align_corners`-- `F.interpolate(mode='bilinear', align_corners=True)`;
 * `BatchNorm`                    -- `nn.BatchNorm2d` in train mode (batch statistics, running
@@ -53,6 +54,43 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
 
 
 # --------------------------------------------------------------------------- convolution
+POINTWISE_IMPLS = ("dot", "conv")
+
+
+class PointwiseConv(nn.Module):
+  """A 1x1 `nn.Conv2d(in, features, 1, stride, padding=0)` computed as a matrix product.
+
+  Same variables as `conv(features, 1, ...)` (`kernel` [1, 1, Cin, Cout] HWIO, optional
+  `bias` [Cout]), same initialisers and names, so checkpoints are interchangeable. A strided
+  1x1 convolution without padding reads the input at rows / columns 0, s, 2s, ...: the input
+  is subsampled first, then contracted over channels with `lax.dot_general`
+  ([N, H', W', Cin] x [Cin, Cout] -> [N, H', W', Cout]).
+
+  Why: XLA:CPU wraps convolutions, and above all their weight gradients, in layout transposes
+  that a channel contraction does not need. On 2 CPU cores this cut ResNet-101's G
+  forward + backward from 680 to 429 ms (benchmarks/RESULTS.md). Only the order of the
+  float32 summation differs from `conv`.
+  """
+  features: int
+  stride: int = 1
+  use_bias: bool = False
+  kernel_init: Initializer = None
+  bias_init: Initializer = nn.initializers.zeros
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
+                        jnp.float32)
+    dtype = self.dtype or jnp.result_type(x, jnp.float32)
+    if self.stride > 1:
+      x = x[:, ::self.stride, ::self.stride]
+    y = lax.dot_general(x.astype(dtype), kernel[0, 0].astype(dtype), (((3,), (0,)), ((), ())))
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(dtype)
+    return y
+
+
 def conv(features: int,
          kernel: int,
          *,
@@ -64,17 +102,27 @@ def conv(features: int,
          bias_init: Optional[Initializer] = None,
          in_features: Optional[int] = None,
          dtype: Optional[Dtype] = None,
-         name: Optional[str] = None) -> nn.Conv:
+         pointwise_impl: str = "conv",
+         name: Optional[str] = None) -> nn.Module:
   """`nn.Conv2d(in, features, kernel, stride, padding, dilation, bias=use_bias)` as a Flax conv.
 
   Padding is explicit and symmetric, never 'SAME' (which differs from PyTorch on odd sizes).
   The kernel is HWIO (`torch_weight.transpose(2, 3, 1, 0)`). With `use_bias` and no
   `bias_init`, the bias gets PyTorch's default init, which needs `in_features`.
+  `pointwise_impl='dot'` computes an unpadded 1x1 convolution as a matrix product
+  (`PointwiseConv`, same variables); 'conv' always uses `nn.Conv`.
   """
+  if pointwise_impl not in POINTWISE_IMPLS:
+    raise ValueError(f"pointwise_impl must be one of {POINTWISE_IMPLS}, got {pointwise_impl!r}")
   if use_bias and bias_init is None:
     if in_features is None:
       raise ValueError("conv(): in_features is needed for PyTorch's default bias init")
     bias_init = torch_default_bias_init(in_features * kernel * kernel)
+  if pointwise_impl == "dot" and kernel == 1 and padding == 0:
+    return PointwiseConv(features=features, stride=stride, use_bias=use_bias,
+                         kernel_init=kernel_init,
+                         bias_init=bias_init if bias_init is not None else nn.initializers.zeros,
+                         dtype=dtype, name=name)
   return nn.Conv(
       features=features,
       kernel_size=(kernel, kernel),

@@ -44,6 +44,7 @@ class Bottleneck(nn.Module):
   bn_mode: str = "batch_stats"
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
+  pointwise_impl: str = "dot"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -52,18 +53,21 @@ class Bottleneck(nn.Module):
         use_running_average=use_ra, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
     s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
 
-    out = layers.conv(self.planes, 1, stride=s1, dtype=self.dtype, name="conv1")(x)
+    pw = self.pointwise_impl
+    out = layers.conv(self.planes, 1, stride=s1, dtype=self.dtype, pointwise_impl=pw,
+                      name="conv1")(x)
     out = nn.relu(norm("bn1")(out))
     out = layers.conv(self.planes, 3, stride=s3, padding=self.dilation, dilation=self.dilation,
                       dtype=self.dtype, name="conv2")(out)
     out = nn.relu(norm("bn2")(out))
-    out = layers.conv(self.planes * EXPANSION, 1, dtype=self.dtype, name="conv3")(out)
+    out = layers.conv(self.planes * EXPANSION, 1, dtype=self.dtype, pointwise_impl=pw,
+                      name="conv3")(out)
     out = norm("bn3")(out)
 
     residual = x
     if self.downsample:
       residual = layers.conv(self.planes * EXPANSION, 1, stride=self.stride, dtype=self.dtype,
-                             name="downsample_conv")(x)
+                             pointwise_impl=pw, name="downsample_conv")(x)
       residual = norm("downsample_bn")(residual)
     return nn.relu(out + residual)
 
@@ -80,6 +84,7 @@ class ResLayer(nn.Module):
   bn_mode: str = "batch_stats"
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
+  pointwise_impl: str = "dot"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -96,6 +101,7 @@ class ResLayer(nn.Module):
           bn_mode=self.bn_mode,
           bn_axis_name=self.bn_axis_name,
           dtype=self.dtype,
+          pointwise_impl=self.pointwise_impl,
           name=f"block{b}")(x, train)
     return x
 
