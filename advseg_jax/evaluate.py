@@ -687,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
   if args.batch_size < 1:
     raise CLIError(f"--batch_size must be >= 1, got {args.batch_size}")
+  check_checkpoint_args(args)  # the cheap checks first
   default_k = None
   if args.dataset:
     from advseg_jax import data  # pylint: disable=import-outside-toplevel
@@ -698,7 +699,6 @@ def _run(args: argparse.Namespace) -> int:
       raise CLIError(f"--dataset: {one_line(e).strip(chr(34))}") from None
     if args.torch_checkpoint and args.num_classes is None:
       default_k = info.num_classes
-    check_checkpoint_args(args)
     data.ensure_prepared(name, args.data_dir, cfg)  # before the (slow) checkpoint load
   if args.output_json:
     parent = os.path.dirname(os.path.abspath(args.output_json))
