@@ -228,6 +228,8 @@ def test_full_disk_stops_with_message_and_keeps_what_was_written(reference, data
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1, proc.stderr[-3000:]
   last = errors[0]
+  # orbax / tensorstore print tracebacks of the aborted writes; the one line comes last.
+  assert proc.stderr.strip().splitlines()[-1] == last, proc.stderr[-3000:]
   assert last.startswith("error: could not write the "), last
   assert reason in last, last
   if "checkpoint of step" in last:

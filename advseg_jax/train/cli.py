@@ -185,6 +185,27 @@ def main(argv: Optional[List[str]] = None) -> int:
              process_id=fv.process_id, config_source=config_argument(argv))
 
 
+def _report_failure(message: str) -> None:
+  """Writes `error: message` as the last line of stderr, in one piece.
+
+  After a failed asynchronous checkpoint write, orbax's and tensorstore's background threads
+  still print tracebacks of their aborted writes (and asyncio logs futures nobody awaited when
+  they are garbage-collected). Let them finish first, so that the one line that says what
+  happened and what to do comes last and is not split by their output.
+  """
+  import gc  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  gc.collect()
+  time.sleep(0.5)
+  gc.collect()
+  sys.stderr.flush()
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  # What asyncio still logs while the process exits (tasks of the aborted write destroyed
+  # unawaited) repeats what the line above reports.
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def run(config, workdir: str, *, allow_config_change: bool = False,
         coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
         process_id: Optional[int] = None, config_source: Optional[str] = None,
@@ -208,7 +229,10 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
           FileNotFoundError) as e:
     print(f"error: {_short(e)}", file=sys.stderr)
     return 2
-  except (checkpoint.CheckpointError, diagnostics.NonFiniteError) as e:
+  except checkpoint.CheckpointError as e:
+    _report_failure(_short(e))
+    return 1
+  except diagnostics.NonFiniteError as e:
     print(f"error: {_short(e)}", file=sys.stderr)
     return 1
   except BadExampleError as e:
