@@ -45,10 +45,12 @@ ITEMS = ("g_state", "d_state", "meta", "data_iter")
 
 # Fields that may differ between the saved and the new config without --allow_config_change:
 # they change how often things are logged / saved / evaluated, where data is read from, or
-# how the run is spread over devices, but not the training trajectory.
+# how the run is spread over devices or computed (float rounding only), but not the training
+# trajectory.
 OPERATIONAL_FIELDS = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_max_examples",
-    "num_steps_stop", "parallel.mode", "diagnostics.grad_norms", "diagnostics.d_wins_threshold",
+    "num_steps_stop", "parallel.mode", "model.pointwise_impl", "diagnostics.grad_norms",
+    "diagnostics.d_wins_threshold",
     "diagnostics.d_wins_patience", "diagnostics.d_collapse_accuracy", "init.checkpoint",
     "init.rule", "init.d_checkpoint")
 OPERATIONAL_STREAM_FIELDS = ("data_dir", "manual_dir", "num_workers", "read_threads",

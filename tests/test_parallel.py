@@ -22,7 +22,8 @@ statistics 1e-5 per tensor; gradient-linear optimiser state (SGD momentum, Adam 
 network is discontinuous, and pmap and jit sum in different orders (typical 1e-6,
 measured 1.8e-3 on one tensor after a kink flip). The parameter tolerance holds through
 such a flip only while a step moves each tensor by a small fraction of itself, so the setup
-keeps every relative update below 1% (asserted, `_check_conditioning`).
+keeps the relative updates small (G lr 2.5e-5: at most 4e-3 measured, printed by
+`_check_conditioning`, which asserts that they are large enough to show a wrong update).
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def _config(bn: str):
   # A parameter after a step is p - lr * m: a legitimate kink flip moves m by up to ~1e-3
   # (see the module docstring), which shows in p as 1e-3 x the step's relative update. At
   # lr 2.5e-3 the classifier heads (10x lr) moved by 5% per step, so such a flip could exceed
-  # the 1e-5 parameter tolerance; at 1e-4 every tensor moves by < 1% (measured <= 4e-3).
-  c.optim_g.lr = 1e-4
+  # the 1e-5 parameter tolerance. At 1e-4 they moved by up to 1.3% with frozen BN (seed
+  # 76756851); at 2.5e-5, a tenth of the originals' lr, the largest moves measured 2e-4 to
+  # 4e-3 over seeds (printed by `_check_conditioning`).
+  c.optim_g.lr = 2.5e-5
   # Adam's first steps are ~lr * g / (|g| + 1e-8): where some |g| ~ 1e-8, the summation-order
   # noise of pmap vs jit moves that weight by a few % of lr (6.7e-6 relative to D's conv4 at
   # the originals' 1e-4). D's gradients are compared through Adam's moments instead.
@@ -353,9 +356,11 @@ def _compare(got: dict, want: dict, title: str, seed: int, tol: float = TOL) -> 
 
 
 def _check_conditioning(run: dict) -> None:
-  """The premise of the 1e-5 parameter tolerance: the second step moves every G tensor by
-  less than 1% of itself (so a kink flip in its gradient stays below 1e-5 in the parameter),
-  and some tensor by more than 1e-4 (so a wrong update would show)."""
+  """The second step moves some G tensor by more than 1e-4 of itself, so a wrong update
+  would show at the 1e-5 parameter tolerance. Printed: the largest relative update, which
+  bounds how far a kink flip in the gradient (~1e-3) can move a parameter (measured 2e-4 to
+  4e-3 over seeds; not asserted: a large update alone is no error, and a failure needs a
+  large update and a flip together)."""
   moves = {}
   for k in run:
     if k.startswith("step1/g_params"):
@@ -365,7 +370,6 @@ def _check_conditioning(run: dict) -> None:
         moves[k] = float(np.abs(run[k] - p0).max() / scale)
   worst = max(moves, key=moves.get)
   print(f"  largest relative G update in step 1: {moves[worst]:.2e} ({worst})")
-  assert moves[worst] < 1e-2, (worst, moves[worst])
   assert moves[worst] > 1e-4, (worst, moves[worst])
 
 
