@@ -29,9 +29,9 @@ D_COLLAPSE_ADVICE = (
     "the discriminator outputs the same value for real and fake inputs (accuracy ~0.5), so it "
     "gives G no signal. Usually method.lambda_adv is far too high: G makes its maps "
     "indistinguishable at the cost of the segmentation (measured on shapes: lambda_adv 50 "
-    "collapses D and gives the worst segmentation of the sweep), so lower it. Otherwise raise optim_d.lr, and check "
-    "that D's real inputs (one-hot ground truth / source predictions) differ from the fake "
-    "ones.")
+    "collapses D and gives the worst segmentation of the sweep), so lower it. Otherwise "
+    "raise optim_d.lr, and check that D's real inputs (one-hot ground truth / source "
+    "predictions) differ from the fake ones.")
 
 
 class NonFiniteError(RuntimeError):

@@ -146,7 +146,11 @@ def check_checkpoint_args(args: argparse.Namespace) -> None:
       raise CLIError("--torch_checkpoint needs --arch deeplabv2 (Res_Deeplab) or "
                      "deeplabv2_multi (DeeplabMulti)")
     return
-  path = getattr(args, "checkpoint", None)
+  check_checkpoint_path(getattr(args, "checkpoint", None))
+
+
+def check_checkpoint_path(path: Optional[str]) -> None:
+  """CLIError unless `path` is an existing directory (a model directory or a workdir)."""
   if not path:
     raise CLIError("no checkpoint given: pass a model directory / training workdir, or "
                    "--torch_checkpoint PTH --arch ARCH")
@@ -164,7 +168,7 @@ def load_checkpoint(path: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]
   """`(variables, spec)` of a generator from a model directory or a training workdir."""
   from advseg_jax import checkpoint  # pylint: disable=import-outside-toplevel
 
-  check_checkpoint_args(argparse.Namespace(checkpoint=path, torch_checkpoint=None))
+  check_checkpoint_path(path)
   variables, spec = checkpoint.load_for_inference(path)
   spec = dict(spec)
   if spec.get("kind", "generator") != "generator":

@@ -27,8 +27,8 @@ from advseg_jax.data import pipeline
 from advseg_jax.train import cli, loop
 
 STEPS = 4
-# G's SGD at this rate makes the classifier weights ~1e30 after one step; the logits overflow
-# float32 by step 3 (measured: step 2 g/loss 3e30, step 3 NaN / Inf).
+# G's SGD at this rate overflows the weights within two updates: step 2's own losses are
+# still finite (g/loss 3e30) but its updated weights are not, so the guard stops there.
 ABSURD_LR = 1e30
 
 
