@@ -99,6 +99,81 @@ def test_batchnorm(train):
     assert e <= TOL, f"seed {seed}: {torch_name} rel err {e}"
 
 
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batchnorm_gradients_equal_torch(train):
+  """d input, d weight, d bias of BatchNorm2d (train mode: the hand-written backward of
+  `layers.batch_norm_train`) against torch autograd, for a non-uniform upstream gradient."""
+  import jax  # pylint: disable=import-outside-toplevel
+  rng, seed = fresh_rng()
+  c = 5
+  x = rng.normal(-0.7, 1.7, (4, c, 6, 7)).astype(np.float32)
+  up = rng.normal(0, 1, x.shape).astype(np.float32)
+  w, b = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.5, c).astype(np.float32)
+  rm, rv = rng.normal(0, 0.5, c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+  bn = nn.BatchNorm2d(c)
+  with torch.no_grad():
+    bn.weight.copy_(torch.from_numpy(w)); bn.bias.copy_(torch.from_numpy(b))
+    bn.running_mean.copy_(torch.from_numpy(rm)); bn.running_var.copy_(torch.from_numpy(rv))
+  bn.train(train)
+  xt = torch.from_numpy(x).requires_grad_()
+  (bn(xt) * torch.from_numpy(up)).sum().backward()
+  variables = {"params": {"scale": jnp.asarray(w), "bias": jnp.asarray(b)},
+               "batch_stats": {"mean": jnp.asarray(rm), "var": jnp.asarray(rv)}}
+  mod = layers.BatchNorm(use_running_average=not train)
+  upj = jnp.asarray(nchw_to_nhwc(up))
+
+  def loss(params, xj):
+    y, _ = mod.apply({"params": params, "batch_stats": variables["batch_stats"]}, xj,
+                     mutable=["batch_stats"])
+    return jnp.sum(y * upj)
+
+  g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"],
+                                                  jnp.asarray(nchw_to_nhwc(x)))
+  for name, got, want in (("input", nhwc_to_nchw(np.asarray(g_x)), xt.grad.numpy()),
+                          ("weight", np.asarray(g_params["scale"]), bn.weight.grad.numpy()),
+                          ("bias", np.asarray(g_params["bias"]), bn.bias.grad.numpy())):
+    err = rel_err(got, want)
+    assert err <= 1e-4, f"seed {seed}: d {name} rel err {err}"
+
+
+def test_batch_norm_train_backward_equals_autodiff():
+  """`batch_norm_train`'s hand-written backward == autodiff of the two-pass formula,
+  including gradients that flow through the returned mean and variance, for NHWC and
+  [rows, C] inputs and bfloat16 outputs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax import lax  # pylint: disable=import-outside-toplevel
+  rng, seed = fresh_rng()
+
+  def reference(x, scale, bias, eps, dtype):
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axes)
+    var = jnp.mean(jnp.square(x32 - mean), axes)
+    y = ((x32 - mean) * (lax.rsqrt(var + eps) * scale) + bias).astype(dtype)
+    return y, mean, var
+
+  for shape, dtype in (((3, 5, 4, 6), jnp.float32), ((37, 6), jnp.float32),
+                       ((2, 5, 3, 6), jnp.bfloat16)):
+    x = jnp.asarray(rng.normal(0.4, 1.3, shape), jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, 6), jnp.float32)
+    bias = jnp.asarray(rng.normal(0, 0.5, 6), jnp.float32)
+    w_y = jnp.asarray(rng.normal(0, 1, shape), jnp.float32)
+    w_m, w_v = (jnp.asarray(rng.normal(0, 1, 6), jnp.float32) for _ in range(2))
+
+    def loss(fn, x, scale, bias):
+      y, mean, var = fn(x, scale, bias, 1e-5, dtype)
+      return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w_y) + jnp.sum(mean * w_m + var * w_v)
+
+    got = jax.grad(lambda *a: loss(lambda *b: layers.batch_norm_train(*b[:4], None, b[4]), *a),
+                   argnums=(0, 1, 2))(x, scale, bias)
+    want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(x, scale, bias)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for name, a, b in zip(("x", "scale", "bias"), got, want):
+      err = rel_err(np.asarray(a), np.asarray(b))
+      assert err <= tol, f"seed {seed}: {shape} {dtype.__name__} d {name} rel err {err}"
+
+
 def test_output_size_table():
   """ORIGINALS.md §1.4: 321->41, 505->64, 512->65, 1024->129, 720->91, 1280->161."""
   table = {321: 41, 505: 64, 512: 65, 1024: 129, 720: 91, 1280: 161, 65: 9, 97: 13, 73: 10}
