@@ -465,9 +465,9 @@ def _f(x) -> Optional[float]:
 
 def make_batch_predictor(model, *, flip: bool, scales: Sequence[float]):
   """`fn(variables, images, out_hw) -> (class ids int32 [B,H,W], max prob f32 [B,H,W])`, jitted."""
-  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
+  from advseg_jax import compile_options  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.steps import make_predict_fn  # pylint: disable=import-outside-toplevel
 
   predict = make_predict_fn(model, flip=flip, scales=tuple(scales))
@@ -476,7 +476,7 @@ def make_batch_predictor(model, *, flip: bool, scales: Sequence[float]):
     probs = predict(variables, images, out_hw)
     return jnp.argmax(probs, axis=-1).astype(jnp.int32), jnp.max(probs, axis=-1)
 
-  return jax.jit(fn, static_argnums=2)
+  return compile_options.jit(fn, static_argnums=2)
 
 
 def prediction_path(out_dir: str, file_name: str, suffix: str = ".png") -> str:

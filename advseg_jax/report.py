@@ -156,9 +156,8 @@ def _discriminator_fn(d_vars, d_spec: Mapping[str, Any]):
 def collect_examples(workdir: str, *, num: int, split: str, data_dir: Optional[str],
                      dataset: Optional[str], model_path: Optional[str]) -> Dict[str, Any]:
   """Predictions on the first `num` examples of `split` (at most one batch)."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from advseg_jax import data, model_io, visualize  # pylint: disable=import-outside-toplevel
+  from advseg_jax import (  # pylint: disable=import-outside-toplevel
+      compile_options, data, model_io, visualize)
   from advseg_jax.train.steps import make_predict_fn  # pylint: disable=import-outside-toplevel
 
   variables, spec = ev.load_checkpoint(model_path or workdir)
@@ -170,7 +169,7 @@ def collect_examples(workdir: str, *, num: int, split: str, data_dir: Optional[s
   if batch is None:
     raise ev.CLIError(f"split {split!r} of {choice.full_name} has no examples")
   model = model_io.build_from_spec(dict(spec))
-  predict = jax.jit(make_predict_fn(model), static_argnums=2)
+  predict = compile_options.jit(make_predict_fn(model), static_argnums=2)
   d_fn, d_note = _load_discriminator(model_path or workdir, spec)
   images = np.asarray(batch["image"], np.float32)
   out: List[Dict[str, Any]] = []

@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from advseg_jax.models import layers
 
@@ -69,7 +70,12 @@ class Bottleneck(nn.Module):
       residual = layers.conv(self.planes * EXPANSION, 1, stride=self.stride, dtype=self.dtype,
                              pointwise_impl=pw, name="downsample_conv")(x)
       residual = norm("downsample_bn")(residual)
-    return nn.relu(out + residual)
+    # Materialise the block output. Without the barrier XLA:CPU fuses each block's
+    # `relu(bn3 + residual)` into the next blocks' consumers and so recomputes the whole
+    # residual stream of a layer inside every later block (quadratic in depth: layer3's
+    # last block fused 123 operands), in the forward and again in the backward.
+    # `advseg_jax.compile_options` keeps XLA:CPU from dropping the barrier before fusion.
+    return lax.optimization_barrier(nn.relu(out + residual))
 
 
 class ResLayer(nn.Module):

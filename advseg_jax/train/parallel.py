@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from advseg_jax import compile_options
+
 AXIS = "batch"
 MODES = ("pmap", "shard_map", "jit")
 
@@ -61,19 +63,21 @@ class Parallel:
 
   # ------------------------------------------------------------------------------ binding
   def bind_train_step(self, body: Callable, donate_states: bool = True):
-    """body(states, batch, rng) with replicated states and rng, sharded batch."""
+    """body(states, batch, rng) with replicated states and rng, sharded batch; compiled with
+    `advseg_jax.compile_options` (on CPU: optimisation barriers kept through fusion)."""
+    donate = (0,) if donate_states else ()
     if self.mode == "jit":
-      return jax.jit(body, donate_argnums=(0,) if donate_states else ())
+      return compile_options.jit(body, devices=self.local_devices, donate_argnums=donate)
     if self.mode == "pmap":
-      return jax.pmap(body, axis_name=AXIS, in_axes=(0, 0, None),
-                      donate_argnums=(0,) if donate_states else ())
+      return compile_options.pmap(body, axis_name=AXIS, in_axes=(0, 0, None),
+                                  donate_argnums=donate)
 
     def wrapped(states, batch, rng):
       fn = jax.shard_map(body, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(),
                          check_vma=False)
       return fn(states, batch, rng)
 
-    return jax.jit(wrapped, donate_argnums=(0,) if donate_states else ())
+    return compile_options.jit(wrapped, devices=self.local_devices, donate_argnums=donate)
 
   # ------------------------------------------------------------------------------ layouts
   def replicate(self, tree: Any) -> Any:
