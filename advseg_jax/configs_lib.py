@@ -17,7 +17,7 @@ import ml_collections
 
 from advseg_jax import methods
 from advseg_jax.data import config as data_config
-from advseg_jax.models.layers import POINTWISE_IMPLS
+from advseg_jax.models.layers import CONV_DX_IMPLS, POINTWISE_IMPLS
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
 from advseg_jax.models.resnet import RESNET_DEPTHS
 
@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   # How the backbone's 1x1 convolutions are computed: 'dot' (a matrix product, no XLA:CPU
   # layout transposes; same variables and numbers up to float rounding) or 'conv'.
   c.model.pointwise_impl = "dot"
+  # Input gradient of the bottlenecks' stride-1 3x3 convolutions: 'matmul' (a matrix product
+  # + col2im), 'xla' (XLA's convolution backward) or 'auto' (matmul on CPU, xla elsewhere).
+  c.model.conv_dx_impl = "auto"
 
   c.disc = ml_collections.ConfigDict()
   c.disc.arch = "fc"                # [§4.1]
@@ -223,6 +226,8 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
   _check(g.dtype in DTYPES, "model.dtype", f"one of {sorted(DTYPES)}", g.dtype)
   _check(g.get("pointwise_impl", "dot") in POINTWISE_IMPLS, "model.pointwise_impl",
          f"one of {POINTWISE_IMPLS}", g.get("pointwise_impl"))
+  _check(g.get("conv_dx_impl", "auto") in CONV_DX_IMPLS, "model.conv_dx_impl",
+         f"one of {CONV_DX_IMPLS}", g.get("conv_dx_impl"))
   _check(c.disc.arch in DISCRIMINATOR_ARCHS, "disc.arch", f"one of {DISCRIMINATOR_ARCHS}",
          c.disc.arch)
   _check((c.disc.arch == "image_label") == (m.name == "luc") or m.name == "supervised",

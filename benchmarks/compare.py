@@ -129,11 +129,14 @@ def parse_args(argv=None):
   p.add_argument("--jax_alt_xla_flags", default=None,
                  help="also run the JAX side with these XLA_FLAGS and add a 'JAX alt' column, "
                       "e.g. --jax_alt_xla_flags=--xla_cpu_experimental_ynn_fusion_type="
-                      "-individual_convolution (XLA:CPU convolutions through Eigen, which are "
-                      "multi-threaded, instead of single-threaded YNNPACK fusions).")
+                      "-individual_convolution (XLA:CPU convolutions through Eigen instead "
+                      "of YNNPACK fusions).")
   p.add_argument("--pointwise_impl", default="dot", choices=("dot", "conv"),
                  help="JAX side: config.model.pointwise_impl (1x1 convolutions as matrix "
                       "products or as convolutions).")
+  p.add_argument("--conv_dx_impl", default="auto", choices=("auto", "matmul", "xla"),
+                 help="JAX side: config.model.conv_dx_impl (input gradient of the 3x3 "
+                      "convolutions as a matrix product, XLA's, or auto by backend).")
   p.add_argument("--parallel", default="auto", help="JAX binding: auto | jit | pmap | shard_map.")
   p.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first.")
   p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported).")
@@ -173,7 +176,8 @@ def main(argv=None) -> None:
     machine = C.machine_info()
     machine["loadavg_start"] = machine.pop("loadavg")
     jax_results, torch_results = [], []
-    jax_extra = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl]
+    jax_extra = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl,
+                 "--conv_dx_impl", args.conv_dx_impl]
     if args.xla_flags:
       jax_extra += [f"--xla_flags={args.xla_flags}"]
     torch_extra = ["--variants", args.variants, "--losses", args.losses]
@@ -190,6 +194,7 @@ def main(argv=None) -> None:
         if args.jax_alt_xla_flags:
           alt = step_throughput.main(_common_argv(args) + sel + ["--parallel", args.parallel,
                                      "--pointwise_impl", args.pointwise_impl,
+                                     "--conv_dx_impl", args.conv_dx_impl,
                                      f"--xla_flags={args.jax_alt_xla_flags}"], quiet=True)
           for r in alt:
             r["variant"] = "alt"

@@ -184,6 +184,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
       "donate": case["donate"], "jax": jax.__version__, "cpus": pinned,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "pointwise_impl": case.get("pointwise_impl", "dot"),
+      "conv_dx_impl": case.get("conv_dx_impl", "auto"),
   }
   import flax  # pylint: disable=import-outside-toplevel
   res["flax"] = flax.__version__
@@ -191,6 +192,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
   cfg = build_config(method, precision, case["depth"], case["width"], case["num_classes"],
                      shape.batch * par.num_devices, mode, par.num_devices)
   cfg.model.pointwise_impl = case.get("pointwise_impl", "dot")
+  cfg.model.conv_dx_impl = case.get("conv_dx_impl", "auto")
   g_model = build_generator(cfg.model, bn_axis_name=par.axis_name)
   d_model = None if method == "supervised" else build_discriminator(cfg.disc)
   states = create_train_states(cfg, g_model, d_model, jax.random.key(cfg.seed))
@@ -327,6 +329,7 @@ def make_cases(args) -> List[Dict[str, Any]]:
           "fp32_peak": args.fp32_peak, "check_recompile": args.check_recompile,
           "cache_dir": args.compilation_cache, "xla_flags": args.xla_flags,
           "preset": args.preset, "cpus": args.cpus, "pointwise_impl": args.pointwise_impl,
+          "conv_dx_impl": args.conv_dx_impl,
       })
   return cases
 
@@ -380,6 +383,10 @@ def parse_args(argv=None):
                  help="config.model.pointwise_impl: the backbone's 1x1 convolutions as matrix "
                       "products (dot, the default) or as convolutions (conv), to measure the "
                       "difference on a device.")
+  p.add_argument("--conv_dx_impl", default="auto", choices=("auto", "matmul", "xla"),
+                 help="config.model.conv_dx_impl: input gradient of the bottlenecks' 3x3 "
+                      "convolutions as a matrix product + col2im (matmul), XLA's "
+                      "convolution backward (xla), or auto (matmul on CPU, xla elsewhere).")
   p.add_argument("--num_classes", type=int, default=None,
                  help="classes (default 21 for supervised/advsemi, 19 for adaptseg).")
   p.add_argument("--batch", type=int, default=None,

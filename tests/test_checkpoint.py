@@ -134,17 +134,19 @@ def test_config_differences():
   b.data.data_dir = "/elsewhere"       # operational: ignored
   b.init.checkpoint = "x.pth"          # only used for a fresh start: ignored
   b.model.pointwise_impl = "conv"      # float rounding only: ignored
+  b.model.conv_dx_impl = "xla"         # float rounding only: ignored
   diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b))
   assert [d[0] for d in diffs] == ["data.crop_size", "method.lambda_adv"]
   # A workdir written before the field existed resumes too.
   old = ck.config_to_dict(a)
   del old["model"]["pointwise_impl"]
+  del old["model"]["conv_dx_impl"]
   assert ck.config_differences(old, ck.config_to_dict(a)) == []
   assert ck.format_differences(diffs) == ("data.crop_size: [321, 321] -> [41, 41]; "
                                           "method.lambda_adv: 0.01 -> 0.5")
   all_diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b),
                                     include_operational=True)
-  assert len(all_diffs) == 6
+  assert len(all_diffs) == 7
 
 
 def _tiny_config():

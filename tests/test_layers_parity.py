@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import flax.linen as nn_flax
+
 import jax.numpy as jnp
 
 from advseg_jax.models import layers
@@ -231,3 +233,60 @@ def test_pointwise_impls_give_the_same_network():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(c), err_msg=str(p))
   outs = {k: np.asarray(n.apply(inits["conv"], x, train=False)) for k, n in nets.items()}
   assert rel_err(outs["dot"], outs["conv"]) <= TOL, seed
+
+
+@pytest.mark.parametrize("cin,cout,dilation,size", [(6, 6, 1, (9, 11)), (5, 7, 2, (13, 13)),
+                                                    (4, 4, 4, (6, 10)), (3, 5, 12, (13, 9))])
+def test_conv3x3_matmul_dx_equals_torch_and_autodiff(cin, cout, dilation, size):
+  """`Conv3x3MatmulDx` (matrix-product input gradient) == torch Conv2d(3, padding=dilation,
+  dilation) in value and input / weight gradients, and == autodiff of `nn.Conv`; same
+  variable tree as `conv(features, 3, ...)`. Dilation 12 on a 13-wide input puts whole taps
+  into the padding (the originals' ASPP situation)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  rng, seed = fresh_rng()
+  x = rng.normal(0, 1, (2, cin) + size).astype(np.float32)
+  w = rng.normal(0, 0.3, (cout, cin, 3, 3)).astype(np.float32)
+  up = rng.normal(0, 1, (2, cout) + size).astype(np.float32)
+  xt = torch.from_numpy(x).requires_grad_()
+  wt = torch.from_numpy(w).requires_grad_()
+  (F.conv2d(xt, wt, padding=dilation, dilation=dilation) * torch.from_numpy(up)).sum().backward()
+  want_y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=dilation,
+                    dilation=dilation).numpy()
+  mods = {impl: layers.conv(cout, 3, padding=dilation, dilation=dilation, dx_impl=impl)
+          for impl in ("matmul", "xla")}
+  assert isinstance(mods["matmul"], layers.Conv3x3MatmulDx)
+  assert isinstance(mods["xla"], nn_flax.Conv)
+  xj = jnp.asarray(nchw_to_nhwc(x))
+  shapes = {k: jax.tree_util.tree_map(lambda a: a.shape,
+                                      jax.eval_shape(m.init, jax.random.key(0), xj))
+            for k, m in mods.items()}
+  assert shapes["matmul"] == shapes["xla"]
+  variables = {"params": {"kernel": jnp.asarray(w.transpose(2, 3, 1, 0))}}
+  upj = jnp.asarray(nchw_to_nhwc(up))
+  res = {}
+  for k, m in mods.items():
+    y, pull = jax.vjp(lambda v, x, m=m: m.apply(v, x), variables, xj)
+    g_v, g_x = pull(upj)
+    res[k] = (np.asarray(y), np.asarray(g_x), np.asarray(g_v["params"]["kernel"]))
+  for k, (y, g_x, g_w) in res.items():
+    for name, got, want in (("output", nhwc_to_nchw(y), want_y),
+                            ("d input", nhwc_to_nchw(g_x), xt.grad.numpy()),
+                            ("d weight", g_w.transpose(3, 2, 0, 1), wt.grad.numpy())):
+      err = rel_err(got, want)
+      assert err <= TOL, f"seed {seed}: {k} {name} rel err {err}"
+  for a, b in zip(res["matmul"], res["xla"]):
+    assert rel_err(a, b) <= TOL, seed
+
+
+def test_conv_dx_impl_resolution():
+  import jax  # pylint: disable=import-outside-toplevel
+  assert layers.resolve_conv_dx_impl("auto") == (
+      "matmul" if jax.default_backend() == "cpu" else "xla")
+  assert layers.resolve_conv_dx_impl("xla") == "xla"
+  with pytest.raises(ValueError, match="conv_dx_impl"):
+    layers.resolve_conv_dx_impl("cudnn")
+  # Only bias-free stride-1 3x3 convolutions with padding == dilation take the matmul path.
+  for kw in (dict(stride=2, padding=1), dict(padding=1, use_bias=True, in_features=4),
+             dict(padding=2, dilation=1)):
+    assert not isinstance(layers.conv(8, 3, dx_impl="matmul", **kw), layers.Conv3x3MatmulDx)
+  assert not isinstance(layers.conv(8, 7, padding=3, dx_impl="matmul"), layers.Conv3x3MatmulDx)

@@ -58,6 +58,9 @@ class DeepLabV2(nn.Module):
     dtype: activation/computation dtype (parameters and BN statistics stay float32).
     pointwise_impl: 'dot' computes the backbone's 1x1 convolutions as matrix products
       (`layers.PointwiseConv`: same variables, faster on XLA:CPU), 'conv' as convolutions.
+    conv_dx_impl: input gradient of the bottlenecks' stride-1 3x3 convolutions: 'matmul'
+      (`layers.Conv3x3MatmulDx`: a matrix product + col2im, same variables, faster on
+      XLA:CPU), 'xla' (XLA's convolution backward), 'auto' (matmul on CPU, else xla).
   """
   num_classes: int
   multi_level: bool = False
@@ -70,12 +73,14 @@ class DeepLabV2(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   pointwise_impl: str = "dot"
+  conv_dx_impl: str = "auto"
 
   def _layer(self, idx: int, planes: int, stride: int, dilation: int) -> ResLayer:
     return ResLayer(planes=planes, blocks=self.depths[idx], stride=stride, dilation=dilation,
                     stride_in_1x1=self.stride_in_1x1, bn_mode=self.bn_mode,
                     bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                    pointwise_impl=self.pointwise_impl, name=f"layer{idx + 1}")
+                    pointwise_impl=self.pointwise_impl, conv_dx_impl=self.conv_dx_impl,
+                    name=f"layer{idx + 1}")
 
   def _classifier(self, name: str) -> ASPPClassifier:
     return ASPPClassifier(num_classes=self.num_classes, dilations=tuple(self.aspp_dilations),

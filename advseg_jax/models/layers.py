@@ -10,9 +10,10 @@ originals bit-for-bit up to float rounding (see tests/test_layers_parity.py):
 * `BatchNorm`                    -- `nn.BatchNorm2d` in train mode (batch statistics, running
                                     stats updated with momentum 0.1 and the *unbiased* variance)
                                     or eval mode (running statistics);
-* `channel_matmul`, `batch_norm_train` -- the 1x1-conv product and train-mode BN with
-                                    hand-written backward passes (same values as autodiff,
-                                    fewer passes over memory on XLA:CPU);
+* `channel_matmul`, `batch_norm_train`, `conv3x3_matmul_dx` -- the 1x1-conv product,
+                                    train-mode BN and a stride-1 3x3 conv with hand-written
+                                    backward passes (same values as autodiff up to float
+                                    rounding, faster on XLA:CPU);
 * initialisers matching PyTorch's defaults and the originals' `normal_(0, 0.01)`.
 """
 
@@ -125,6 +126,83 @@ class PointwiseConv(nn.Module):
     return y
 
 
+CONV_DX_IMPLS = ("auto", "matmul", "xla")
+
+
+def resolve_conv_dx_impl(impl: str) -> str:
+  """'auto' -> 'matmul' on CPU (measured faster there), 'xla' on other backends."""
+  if impl not in CONV_DX_IMPLS:
+    raise ValueError(f"conv_dx_impl must be one of {CONV_DX_IMPLS}, got {impl!r}")
+  if impl == "auto":
+    return "matmul" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def _conv3x3(x, w, dilation):
+  d = dilation
+  return lax.conv_general_dilated(x, w, (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3_matmul_dx(x: jax.Array, w: jax.Array, dilation: int) -> jax.Array:
+  """`nn.Conv2d(Cin, Cout, 3, stride=1, padding=dilation, dilation=dilation)`, NHWC / HWIO.
+
+  x: [N, H, W, Cin], w: [3, 3, Cin, Cout] -> [N, H, W, Cout]. Forward and weight gradient
+  are XLA's; the input gradient is a matrix product and a transposed im2col (col2im):
+      cols = g w_mat^T          ([N, H, W, Cout] x [Cout, 9 * Cin]),
+      d x  = sum over the nine taps of cols[..., tap, :] shifted by the tap's offset.
+  XLA's own input gradient is a convolution with the kernel flipped and transposed, and
+  XLA:CPU copies every kernel into that layout first (1.4 ms for a 3x3x512x512 kernel
+  inside the step). On 2 CPU cores this took the ResNet-101 training steps 4-17% faster
+  (benchmarks/RESULTS.md). Values equal autodiff's up to float rounding.
+  """
+  return _conv3x3(x, w, dilation)
+
+
+def _conv3x3_matmul_dx_fwd(x, w, dilation):
+  return _conv3x3(x, w, dilation), (x, w)
+
+
+def _conv3x3_matmul_dx_bwd(dilation, residuals, g):
+  x, w = residuals
+  d = dilation
+  n, h, wd, cin = x.shape
+  g = g.astype(x.dtype)
+  # Output position p received x[p + ((i - 1) d, (j - 1) d)] w[i, j]: send g[p] w[i, j]^T back.
+  cols = lax.dot_general(g, w.reshape(9 * cin, -1).astype(g.dtype),
+                         (((3,), (1,)), ((), ()))).reshape(n, h, wd, 9, cin)
+  g_x = None
+  for k in range(9):
+    i, j = divmod(k, 3)
+    slab = lax.pad(cols[:, :, :, k], jnp.zeros((), cols.dtype),
+                   ((0, 0, 0), (i * d, (2 - i) * d, 0), (j * d, (2 - j) * d, 0), (0, 0, 0)))
+    g_x = slab if g_x is None else g_x + slab
+  g_x = g_x[:, d:d + h, d:d + wd]
+  (g_w,) = jax.vjp(lambda w_: _conv3x3(x, w_, d), w)[1](g)
+  return g_x.astype(x.dtype), g_w.astype(w.dtype)
+
+
+conv3x3_matmul_dx.defvjp(_conv3x3_matmul_dx_fwd, _conv3x3_matmul_dx_bwd)
+
+
+class Conv3x3MatmulDx(nn.Module):
+  """A bias-free stride-1 3x3 `nn.Conv2d` with `padding = dilation` whose input gradient
+  is a matrix product (`conv3x3_matmul_dx`). Same variable (`kernel` [3, 3, Cin, Cout],
+  HWIO), name and init as `conv(features, 3, padding=dilation, dilation=dilation)`."""
+  features: int
+  dilation: int = 1
+  kernel_init: Initializer = None
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
+                        jnp.float32)
+    dtype = self.dtype or jnp.result_type(x, jnp.float32)
+    return conv3x3_matmul_dx(x.astype(dtype), kernel.astype(dtype), self.dilation)
+
+
 def conv(features: int,
          kernel: int,
          *,
@@ -137,6 +215,7 @@ def conv(features: int,
          in_features: Optional[int] = None,
          dtype: Optional[Dtype] = None,
          pointwise_impl: str = "conv",
+         dx_impl: str = "xla",
          name: Optional[str] = None) -> nn.Module:
   """`nn.Conv2d(in, features, kernel, stride, padding, dilation, bias=use_bias)` as a Flax conv.
 
@@ -144,7 +223,10 @@ def conv(features: int,
   The kernel is HWIO (`torch_weight.transpose(2, 3, 1, 0)`). With `use_bias` and no
   `bias_init`, the bias gets PyTorch's default init, which needs `in_features`.
   `pointwise_impl='dot'` computes an unpadded 1x1 convolution as a matrix product
-  (`PointwiseConv`, same variables); 'conv' always uses `nn.Conv`.
+  (`PointwiseConv`, same variables); 'conv' always uses `nn.Conv`. `dx_impl='matmul'`
+  ('auto' resolves by backend) gives a bias-free stride-1 3x3 convolution with
+  `padding == dilation` a matrix-product input gradient (`Conv3x3MatmulDx`, same
+  variables); other convolutions ignore it.
   """
   if pointwise_impl not in POINTWISE_IMPLS:
     raise ValueError(f"pointwise_impl must be one of {POINTWISE_IMPLS}, got {pointwise_impl!r}")
@@ -152,6 +234,10 @@ def conv(features: int,
     if in_features is None:
       raise ValueError("conv(): in_features is needed for PyTorch's default bias init")
     bias_init = torch_default_bias_init(in_features * kernel * kernel)
+  if (resolve_conv_dx_impl(dx_impl) == "matmul" and kernel == 3 and stride == 1
+      and padding == dilation and not use_bias):
+    return Conv3x3MatmulDx(features=features, dilation=dilation, kernel_init=kernel_init,
+                           dtype=dtype, name=name)
   if pointwise_impl == "dot" and kernel == 1 and padding == 0:
     return PointwiseConv(features=features, stride=stride, use_bias=use_bias,
                          kernel_init=kernel_init,

@@ -78,6 +78,7 @@ def build_generator(spec: Any, *, bn_axis_name: str | None = None) -> DeepLabV2:
       bn_axis_name=bn_axis_name if sync else None,
       dtype=resolve_dtype(_get(spec, "dtype", "float32")),
       pointwise_impl=str(_get(spec, "pointwise_impl", "dot")),
+      conv_dx_impl=str(_get(spec, "conv_dx_impl", "auto")),
   )
 
 

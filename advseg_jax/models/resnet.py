@@ -46,6 +46,7 @@ class Bottleneck(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   pointwise_impl: str = "dot"
+  conv_dx_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -59,7 +60,7 @@ class Bottleneck(nn.Module):
                       name="conv1")(x)
     out = nn.relu(norm("bn1")(out))
     out = layers.conv(self.planes, 3, stride=s3, padding=self.dilation, dilation=self.dilation,
-                      dtype=self.dtype, name="conv2")(out)
+                      dtype=self.dtype, dx_impl=self.conv_dx_impl, name="conv2")(out)
     out = nn.relu(norm("bn2")(out))
     out = layers.conv(self.planes * EXPANSION, 1, dtype=self.dtype, pointwise_impl=pw,
                       name="conv3")(out)
@@ -91,6 +92,7 @@ class ResLayer(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   pointwise_impl: str = "dot"
+  conv_dx_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -108,6 +110,7 @@ class ResLayer(nn.Module):
           bn_axis_name=self.bn_axis_name,
           dtype=self.dtype,
           pointwise_impl=self.pointwise_impl,
+          conv_dx_impl=self.conv_dx_impl,
           name=f"block{b}")(x, train)
     return x
 
