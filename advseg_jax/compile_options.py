@@ -10,7 +10,7 @@ stream was recomputed inside every block (layer3's last block fused 123 operands
 forward and again in the backward. `models.resnet.Bottleneck` puts a barrier on its output;
 with this option the barrier survives to fusion and every block output is computed once.
 Measured on 2 CPU cores (benchmarks/RESULTS.md): ResNet-101's train-mode forward at 2x97x97
-133 -> 92 ms, the whole training steps 17-24% faster. Values do not change (a barrier is an
+132 -> 94 ms, the three training steps 17-24% faster. Values do not change (a barrier is an
 identity); XLA:CPU executes the kept barriers as no-ops.
 
 GPU backends keep barriers through fusion already, so no option is passed there. An

@@ -68,8 +68,8 @@ def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
 
   The backward is written out: dx = g w^T and dw = x_rows^T g_rows over the flattened
   [M, C] rows. Autodiff of `dot_general` gives the same values, but XLA:CPU then copies the
-  incoming gradient into a transposed [Cout, M] layout for every weight gradient (31 of 363
-  ms of ResNet-101's G backward at 2x97x97 on 2 cores, benchmarks/RESULTS.md).
+  incoming gradient into a transposed [Cout, M] layout for every weight gradient (31 ms of
+  thread time in ResNet-101's G backward at 2x97x97 on 2 cores, benchmarks/RESULTS.md).
   """
   return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
@@ -331,9 +331,9 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
       d x    = scale / sqrt(var + eps) * (g - mean(g) - x_hat * mean(g * x_hat))
                + (d mean + 2 * d var * (x - mean)) / n.
   Autodiff of the two-pass variance gives the same values with four channel sums and
-  several more passes over x; on 2 CPU cores this saved 25-30 ms of ResNet-101's G
-  backward at 2x97x97 (benchmarks/RESULTS.md). `d scale` / `d bias` are this device's
-  shares, as autodiff gives them; `d x` includes every device's contribution.
+  several more passes over x; on 2 CPU cores this saved about 30 ms of ResNet-101's G
+  forward + backward at 2x97x97 (benchmarks/RESULTS.md). `d scale` / `d bias` are this
+  device's shares, as autodiff gives them; `d x` includes every device's contribution.
   """
   (y, mean, var), _ = _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype)
   return y, mean, var
