@@ -96,6 +96,13 @@ class _PmapWithOptions:
   def lower(self, *args):
     return _LoweredWithOptions(self._pmapped.lower(*args), self._options)
 
+  def _cache_size(self) -> Optional[int]:
+    """Executables compiled so far (like a jitted function's `_cache_size()`); None where
+    the plain pmap runs (it does not report one)."""
+    if self._options is None or jax.process_count() > 1:
+      return None
+    return len(self._compiled)
+
   def __call__(self, *args):
     if self._options is None or jax.process_count() > 1:
       # A multi-process pmap takes process-local arrays, which `jax.pmap` itself turns into

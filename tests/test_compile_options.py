@@ -85,3 +85,5 @@ def test_train_step_bindings_compile_with_the_options(mode):
   for _ in range(2):
     states = step(states, batch, rng)
   np.testing.assert_allclose(par.unreplicate(states)["w"], [10.0] * 3)
+  if mode != "pmap" or jax.default_backend() == "cpu":
+    assert step._cache_size() == 1  # pylint: disable=protected-access
