@@ -13,8 +13,9 @@ Measured on 2 CPU cores (benchmarks/RESULTS.md): ResNet-101's train-mode forward
 132 -> 94 ms, the three training steps 17-24% faster. Values do not change (a barrier is an
 identity); XLA:CPU executes the kept barriers as no-ops.
 
-GPU backends keep barriers through fusion already, so no option is passed there. An
-`--xla_disable_hlo_passes` list in the environment's XLA_FLAGS is kept and extended.
+Other backends get no option: the duplication was found and measured on XLA:CPU only (no
+GPU was available). An `--xla_disable_hlo_passes` list in the environment's XLA_FLAGS is
+kept and extended.
 
     fn = compile_options.jit(body, donate_argnums=(0,))     # jax.jit + the options
     fn = compile_options.pmap(body, axis_name="batch", ...)  # jax.pmap + the options
