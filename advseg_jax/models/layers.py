@@ -170,8 +170,9 @@ def _conv3x3_matmul_dx_bwd(dilation, residuals, g):
   n, h, wd, cin = x.shape
   g = g.astype(x.dtype)
   # Output position p received x[p + ((i - 1) d, (j - 1) d)] w[i, j]: send g[p] w[i, j]^T back.
-  cols = lax.dot_general(g, w.reshape(9 * cin, -1).astype(g.dtype),
-                         (((3,), (1,)), ((), ()))).reshape(n, h, wd, 9, cin)
+  # The nine-tap sum runs in float32 (as a convolution accumulates) also for bfloat16 inputs.
+  cols = lax.dot_general(g, w.reshape(9 * cin, -1).astype(g.dtype), (((3,), (1,)), ((), ())),
+                         preferred_element_type=jnp.float32).reshape(n, h, wd, 9, cin)
   g_x = None
   for k in range(9):
     i, j = divmod(k, 3)
