@@ -153,8 +153,8 @@ def conv3x3_matmul_dx(x: jax.Array, w: jax.Array, dilation: int) -> jax.Array:
       cols = g w_mat^T          ([N, H, W, Cout] x [Cout, 9 * Cin]),
       d x  = sum over the nine taps of cols[..., tap, :] shifted by the tap's offset.
   XLA's own input gradient is a convolution with the kernel flipped and transposed, and
-  XLA:CPU copies every kernel into that layout first (1.4 ms for a 3x3x512x512 kernel
-  inside the step). On 2 CPU cores this took the ResNet-101 training steps 4-17% faster
+  XLA:CPU copies every kernel into that layout first (inside the step 1.4 ms for a
+  3x3x256x256 kernel, up to 6.7 ms for a 3x3x512x512 one). On 2 CPU cores this took the ResNet-101 training steps 4-17% faster
   (benchmarks/RESULTS.md). Values equal autodiff's up to float rounding.
   """
   return _conv3x3(x, w, dilation)
