@@ -97,17 +97,19 @@ class _PmapWithOptions:
   def lower(self, *args):
     return _LoweredWithOptions(self._pmapped.lower(*args), self._options)
 
+  def _runs_plain_pmap(self) -> bool:
+    # No options, or several processes: a multi-process pmap takes process-local arrays,
+    # which `jax.pmap` itself turns into global ones; its AOT executables expect the global
+    # arrays. Plain pmap there.
+    return self._options is None or jax.process_count() > 1
+
   def _cache_size(self) -> Optional[int]:
     """Executables compiled so far (like a jitted function's `_cache_size()`); None where
     the plain pmap runs (it does not report one)."""
-    if self._options is None or jax.process_count() > 1:
-      return None
-    return len(self._compiled)
+    return None if self._runs_plain_pmap() else len(self._compiled)
 
   def __call__(self, *args):
-    if self._options is None or jax.process_count() > 1:
-      # A multi-process pmap takes process-local arrays, which `jax.pmap` itself turns into
-      # global ones; its AOT executables expect the global arrays. Plain pmap there.
+    if self._runs_plain_pmap():
       return self._pmapped(*args)
     key = self._signature(args)
     compiled = self._compiled.get(key)

@@ -176,8 +176,9 @@ def main(argv=None) -> None:
     machine = C.machine_info()
     machine["loadavg_start"] = machine.pop("loadavg")
     jax_results, torch_results = [], []
-    jax_extra = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl,
-                 "--conv_dx_impl", args.conv_dx_impl]
+    jax_impl = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl,
+                "--conv_dx_impl", args.conv_dx_impl]
+    jax_extra = list(jax_impl)
     if args.xla_flags:
       jax_extra += [f"--xla_flags={args.xla_flags}"]
     torch_extra = ["--variants", args.variants, "--losses", args.losses]
@@ -192,10 +193,9 @@ def main(argv=None) -> None:
       if not args.skip_jax:
         jax_results += step_throughput.main(_common_argv(args) + sel + jax_extra, quiet=True)
         if args.jax_alt_xla_flags:
-          alt = step_throughput.main(_common_argv(args) + sel + ["--parallel", args.parallel,
-                                     "--pointwise_impl", args.pointwise_impl,
-                                     "--conv_dx_impl", args.conv_dx_impl,
-                                     f"--xla_flags={args.jax_alt_xla_flags}"], quiet=True)
+          alt = step_throughput.main(
+              _common_argv(args) + sel + jax_impl + [f"--xla_flags={args.jax_alt_xla_flags}"],
+              quiet=True)
           for r in alt:
             r["variant"] = "alt"
           jax_results += alt

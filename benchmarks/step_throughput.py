@@ -183,16 +183,15 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
       "devices": par.num_devices, "device": dev.device_kind, "platform": dev.platform,
       "donate": case["donate"], "jax": jax.__version__, "cpus": pinned,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "pointwise_impl": case.get("pointwise_impl", "dot"),
-      "conv_dx_impl": case.get("conv_dx_impl", "auto"),
+      "pointwise_impl": case["pointwise_impl"], "conv_dx_impl": case["conv_dx_impl"],
   }
   import flax  # pylint: disable=import-outside-toplevel
   res["flax"] = flax.__version__
 
   cfg = build_config(method, precision, case["depth"], case["width"], case["num_classes"],
                      shape.batch * par.num_devices, mode, par.num_devices)
-  cfg.model.pointwise_impl = case.get("pointwise_impl", "dot")
-  cfg.model.conv_dx_impl = case.get("conv_dx_impl", "auto")
+  cfg.model.pointwise_impl = case["pointwise_impl"]
+  cfg.model.conv_dx_impl = case["conv_dx_impl"]
   g_model = build_generator(cfg.model, bn_axis_name=par.axis_name)
   d_model = None if method == "supervised" else build_discriminator(cfg.disc)
   states = create_train_states(cfg, g_model, d_model, jax.random.key(cfg.seed))
