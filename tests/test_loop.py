@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from advseg_jax import checkpoint as ck
+from advseg_jax import host_malloc
 from advseg_jax import model_io
 from advseg_jax.data import splits
 from advseg_jax.train import cli, loop
@@ -251,6 +252,9 @@ def test_resume_on_two_devices(reference, data_dir, tmp_path):
                         env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming from" in proc.stderr and "2 device(s) (pmap)" in proc.stderr
+  # The process entry tuned glibc malloc for XLA:CPU before JAX started (host_malloc).
+  if host_malloc.skip_reason(check_platform=False) is None:
+    assert "host malloc: tuned for XLA:CPU" in proc.stderr, proc.stderr[-3000:]
   summary = json.load(open(os.path.join(wd, "summary.json")))
   assert summary["devices"] == 2 and summary["start_step"] == 2 and summary["final_step"] == 4
   got = loop_helpers.losses_by_step(os.path.join(wd, "metrics.jsonl"))

@@ -48,6 +48,7 @@ from advseg_jax import checkpoint as ckpt_lib
 from advseg_jax import configs_lib
 from advseg_jax import diagnostics
 from advseg_jax import logging_utils
+from advseg_jax import host_malloc
 from advseg_jax import methods
 from advseg_jax import metrics as metrics_lib
 from advseg_jax.models.registry import build_discriminator, build_generator
@@ -596,6 +597,8 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
   log.info("method %s, streams %s, %d images per stream and step (%d per process), "
            "steps %d..%d of %d, %d device(s) (%s)", method, ",".join(streams), per_step,
            per_process, start_step, stop, int(config.num_steps), par.num_devices, par.mode)
+  if jax.default_backend() == "cpu":
+    log.info("%s", host_malloc.describe())
 
   # ---- device states and step ---------------------------------------------------------------
   states = to_device_layout(par, host_states)
