@@ -181,6 +181,23 @@ def pin_cpus(n: Optional[int]) -> Optional[List[int]]:
   return allowed[:n]
 
 
+HOST_MALLOC_CHOICES = ("tuned", "default")
+HOST_MALLOC_HELP = ("host allocator of each case's process: tuned = advseg_jax.host_malloc "
+                    "(glibc keeps the step's scratch buffer mapped between steps, as `python "
+                    "-m advseg_jax` does on CPU), default = glibc's defaults. Both sides of "
+                    "compare.py get the same setting. Default tuned.")
+
+
+def set_host_malloc(choice: Optional[str], *, check_platform: bool) -> str:
+  """Child side, before JAX / torch start: applies `choice` ('tuned' | 'default');
+  returns advseg_jax.host_malloc.describe() for the result."""
+  from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
+  if (choice or "tuned") != "tuned":
+    return "host malloc: glibc defaults (--host_malloc default)"
+  host_malloc.configure(check_platform=check_platform)
+  return host_malloc.describe()
+
+
 def emit(result: Dict[str, Any]) -> None:
   """Child side: print one result line for the parent."""
   print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)

@@ -119,6 +119,8 @@ def parse_args(argv=None):
   p.add_argument("--target_crop", default=None, help="adaptseg target crop HxW.")
   p.add_argument("--cpus", type=int, default=None,
                  help="pin both sides to the first N CPUs (PyTorch then uses N threads).")
+  p.add_argument("--host_malloc", default="tuned", choices=C.HOST_MALLOC_CHOICES,
+                 help=C.HOST_MALLOC_HELP)
   p.add_argument("--losses", default="reference", choices=("reference", "fused"),
                  help="PyTorch losses: the originals' classes (reference) or sync-free (fused).")
   p.add_argument("--cudnn_benchmark", action="store_true",
@@ -157,11 +159,22 @@ def parse_args(argv=None):
 def _common_argv(args) -> List[str]:
   out = ["--preset", args.preset, "--width", str(args.width), "--warmup", str(args.warmup),
          "--repeats", str(args.repeats), "--iters", str(args.iters)]
-  for flag in ("depth", "batch", "crop", "target_crop", "cpus"):
+  for flag in ("depth", "batch", "crop", "target_crop", "cpus", "host_malloc"):
     v = getattr(args, flag)
     if v is not None:
       out += [f"--{flag}", str(v)]
   return out
+
+
+def _malloc_line(results: List[Dict[str, Any]]) -> str:
+  by_side = {}
+  for r in results:
+    if r.get("host_malloc"):
+      by_side.setdefault(r.get("side", "torch"), set()).add(r["host_malloc"])
+  values = set().union(*by_side.values()) if by_side else set()
+  if len(values) == 1:
+    return f"# {values.pop()}, both sides"
+  return "# " + "; ".join(f"{side}: {' / '.join(sorted(v))}" for side, v in sorted(by_side.items()))
 
 
 def main(argv=None) -> None:
@@ -219,6 +232,7 @@ def main(argv=None) -> None:
       f"# machine: {machine.get('cpu')} ({machine.get('cpu_count')} CPUs); load average "
       f"start {machine.get('loadavg_start')} end {machine.get('loadavg_end')}",
       f"# versions/devices: {versions}",
+      _malloc_line(ok),
       f"# command: python {' '.join(sys.argv) if not args.from_json else '(from ' + args.from_json + ')'}",
       "",
       build_table(jax_results, torch_results, variants),

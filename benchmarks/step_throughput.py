@@ -157,6 +157,7 @@ def conv_dtype_census(stablehlo: str) -> Dict[str, int]:
 def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
   """Builds, compiles and times one (method, precision, shape); returns the result dict."""
   pinned = C.pin_cpus(case.get("cpus"))
+  malloc = C.set_host_malloc(case.get("host_malloc"), check_platform=True)
   if case.get("xla_flags"):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + case["xla_flags"]).strip()
   import jax  # pylint: disable=import-outside-toplevel
@@ -184,6 +185,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
       "donate": case["donate"], "jax": jax.__version__, "cpus": pinned,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "pointwise_impl": case["pointwise_impl"], "conv_dx_impl": case["conv_dx_impl"],
+      "host_malloc": malloc,
   }
   import flax  # pylint: disable=import-outside-toplevel
   res["flax"] = flax.__version__
@@ -328,6 +330,7 @@ def make_cases(args) -> List[Dict[str, Any]]:
           "fp32_peak": args.fp32_peak, "check_recompile": args.check_recompile,
           "cache_dir": args.compilation_cache, "xla_flags": args.xla_flags,
           "preset": args.preset, "cpus": args.cpus, "pointwise_impl": args.pointwise_impl,
+          "host_malloc": args.host_malloc,
           "conv_dx_impl": args.conv_dx_impl,
       })
   return cases
@@ -430,6 +433,8 @@ def parse_args(argv=None):
                       "starts; XLA sizes its thread pool from it). Default: all CPUs.")
   p.add_argument("--xla_flags", default=None,
                  help="extra XLA_FLAGS for the child processes.")
+  p.add_argument("--host_malloc", default="tuned", choices=C.HOST_MALLOC_CHOICES,
+                 help=C.HOST_MALLOC_HELP)
   p.add_argument("--timeout", type=float, default=3600,
                  help="seconds per case before its child process is killed. Default 3600.")
   p.add_argument("--in_process", action="store_true",

@@ -295,6 +295,7 @@ def count_flops(step) -> Optional[float]:
 
 def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
   pinned = C.pin_cpus(case.get("cpus"))
+  malloc = C.set_host_malloc(case.get("host_malloc"), check_platform=False)
   import torch  # pylint: disable=import-outside-toplevel
   threads = case.get("threads") or (len(pinned) if pinned else None)
   if threads:
@@ -306,6 +307,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
       "variant": case["variant"], "shape": shape.label(), "depth": case["depth_name"],
       "width": case["width"], "device": case["device"], "torch": torch.__version__,
       "threads": torch.get_num_threads(), "losses": case["losses"], "cpus": pinned,
+      "host_malloc": malloc,
   }
   if case["device"].startswith("cuda"):
     res["device_name"] = torch.cuda.get_device_name()
@@ -379,6 +381,7 @@ def make_cases(args) -> List[Dict[str, Any]]:
             "warmup": args.warmup, "repeats": args.repeats, "iters": args.iters,
             "losses": args.losses, "threads": args.threads, "count_flops": args.count_flops,
             "cudnn_benchmark": args.cudnn_benchmark, "cpus": args.cpus,
+            "host_malloc": args.host_malloc,
         })
   return cases
 
@@ -437,6 +440,8 @@ def parse_args(argv=None):
                       "--threads is given). Default: all CPUs, PyTorch's thread count.")
   p.add_argument("--cudnn_benchmark", action="store_true",
                  help="set torch.backends.cudnn.benchmark = True (GPU).")
+  p.add_argument("--host_malloc", default="tuned", choices=C.HOST_MALLOC_CHOICES,
+                 help=C.HOST_MALLOC_HELP)
   p.add_argument("--count_flops", action="store_true",
                  help="count FLOPs of one iteration with torch.utils.flop_counter.")
   p.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first.")
