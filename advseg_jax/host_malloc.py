@@ -17,8 +17,9 @@ JAX starts its CPU client (threads keep the arena they first used), and not when
 any glibc malloc variable (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_,
 GLIBC_TUNABLES=glibc.malloc.*). `ADVSEG_JAX_HOST_MALLOC=default` turns it off.
 
-The command-line entry points (train, evaluate, predict, report, the benchmarks) call it
-first thing; importing the library changes nothing.
+`python -m advseg_jax COMMAND` (every command) and the benchmarks' case processes
+(`benchmarks/step_throughput.py`, `torch_step.py`, `--host_malloc`) call it first thing;
+importing the library, or calling a command's `main()` in-process, changes nothing.
 """
 
 from __future__ import annotations
