@@ -1,20 +1,26 @@
-"""glibc malloc settings that keep XLA:CPU's per-step scratch buffer mapped between steps.
+"""glibc malloc settings that let XLA:CPU reuse its scratch buffers instead of re-mapping them.
 
-XLA:CPU allocates one temporary buffer per execution (259.8 MB for the ResNet-101
-supervised step at 2x97x97) with `posix_memalign` on its executor thread. glibc serves a
-request that large from a thread arena with a fresh `mmap` and gives it back with `munmap`
-when the step ends, so every step page-faults the whole buffer in again: 74k minor faults
-and 100-145 ms of kernel time per step on 2 CPU cores (benchmarks/RESULTS.md).
+XLA:CPU allocates each execution's temporary buffer with `posix_memalign` on its executor
+thread, and frees it when the execution ends. glibc serves a request above its mmap threshold
+(at most 32 MB) with a fresh `mmap` and gives it back with `munmap`, and it returns freed heap
+memory to the system once more than the trim threshold is free; either way the next execution
+page-faults the buffer in again, page by page, in the kernel.
 
 `configure()` sets, through `mallopt`:
-  M_ARENA_MAX = 1          every thread allocates from the main arena (the heap),
-  M_MMAP_MAX = 0           large blocks come from the heap too, not from mmap,
+  M_MMAP_MAX = 0           blocks come from the heap, not from their own mapping,
   M_TRIM_THRESHOLD = 2 GiB the heap is not shrunk after each step,
-so the freed scratch buffer is reused by the next step with its pages still mapped. The cost:
-the process keeps its peak heap (like a caching allocator) and all threads share one arena
-lock. It is applied only where it helps: Linux with glibc, JAX running on CPU, called before
-JAX starts its CPU client (threads keep the arena they first used), and not when the user set
-any glibc malloc variable (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_,
+so a freed scratch buffer is reused by the next step with its pages still mapped. Measured on 2
+CPU cores (benchmarks/RESULTS.md): the demo's training loop 21-24 -> 24-29 steps/s.
+
+Limits. A thread's arena cannot hold a block over 64 MB, so glibc still maps those (the
+ResNet-101 steps' 260 MB scratch buffer: 74k page faults, 100-145 ms of kernel time per step on
+2 cores). A single arena (M_ARENA_MAX=1) would serve them from the main heap too, and made those
+steps 4-10% faster, but it made the demo's training loop 30% slower (every thread behind one
+allocator lock), so it is not set. `MALLOC_ARENA_MAX=1` in the environment opts into it.
+
+The cost: the process keeps its peak heap (like a caching allocator). It is applied only on
+Linux with glibc, when JAX runs on CPU, before JAX starts its CPU client, and not when the user
+set any glibc malloc variable (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_, ...,
 GLIBC_TUNABLES=glibc.malloc.*). `ADVSEG_JAX_HOST_MALLOC=default` turns it off.
 
 `python -m advseg_jax COMMAND` (every command) and the benchmarks' case processes
@@ -31,7 +37,7 @@ import sys
 from typing import Dict, Optional
 
 ENV_SWITCH = "ADVSEG_JAX_HOST_MALLOC"
-SETTINGS = {"M_ARENA_MAX": (-8, 1), "M_MMAP_MAX": (-4, 0),
+SETTINGS = {"M_MMAP_MAX": (-4, 0),
             "M_TRIM_THRESHOLD": (-1, 2**31 - 1)}  # mallopt(param, value); value is a C int
 _USER_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
                    "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
