@@ -10,7 +10,7 @@ page-faults the buffer in again, page by page, in the kernel.
   M_MMAP_MAX = 0           blocks come from the heap, not from their own mapping,
   M_TRIM_THRESHOLD = 2 GiB the heap is not shrunk after each step,
 so a freed scratch buffer is reused by the next step with its pages still mapped. Measured on 2
-CPU cores (benchmarks/RESULTS.md): the demo's training loop 21-24 -> 24-29 steps/s.
+CPU cores (benchmarks/RESULTS.md): the demo's training loop 19-24 -> 24-29 steps/s.
 
 Limits. A thread's arena cannot hold a block over 64 MB, so glibc still maps those (the
 ResNet-101 steps' 260 MB scratch buffer: 74k page faults, 100-145 ms of kernel time per step on

@@ -183,7 +183,7 @@ def pin_cpus(n: Optional[int]) -> Optional[List[int]]:
 
 HOST_MALLOC_CHOICES = ("tuned", "default")
 HOST_MALLOC_HELP = ("host allocator of each case's process: tuned = advseg_jax.host_malloc "
-                    "(glibc keeps the step's scratch buffer mapped between steps, as `python "
+                    "(glibc keeps scratch buffers up to 64 MB mapped between steps, as `python "
                     "-m advseg_jax` does on CPU), default = glibc's defaults. Both sides of "
                     "compare.py get the same setting. Default tuned.")
 
