@@ -51,8 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  # Process entry only (not `main()` called in-process): the allocator settings must be made
-  # before JAX starts its CPU client, and they are process-wide.
+  # Process entry only (not `main()` called in-process): the allocator settings are
+  # process-wide.
   from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
   host_malloc.configure()
   sys.exit(main())

@@ -16,12 +16,16 @@ Limits. A thread's arena cannot hold a block over 64 MB, so glibc still maps tho
 ResNet-101 steps' 260 MB scratch buffer: 74k page faults, 100-145 ms of kernel time per step on
 2 cores). A single arena (M_ARENA_MAX=1) would serve them from the main heap too, and made those
 steps 4-10% faster, but it made the demo's training loop 30% slower (every thread behind one
-allocator lock), so it is not set. `MALLOC_ARENA_MAX=1` in the environment opts into it.
+allocator lock), so it is not set. To opt into it, start the process with
+`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647` (any MALLOC_*
+variable of the user's own replaces these settings; a thread's arena is chosen at its first
+allocation, so the arena limit only works from the environment).
 
 The cost: the process keeps its peak heap (like a caching allocator). It is applied only on
-Linux with glibc, when JAX runs on CPU, before JAX starts its CPU client, and not when the user
-set any glibc malloc variable (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_, ...,
-GLIBC_TUNABLES=glibc.malloc.*). `ADVSEG_JAX_HOST_MALLOC=default` turns it off.
+Linux with glibc, when JAX runs on CPU, and not when the user set any glibc malloc variable
+(MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_, ..., GLIBC_TUNABLES=glibc.malloc.*).
+`ADVSEG_JAX_HOST_MALLOC=default` turns it off. Both settings are global to all arenas, so they
+also take effect when JAX is already running.
 
 `python -m advseg_jax COMMAND` (every command) and the benchmarks' case processes
 (`benchmarks/step_throughput.py`, `torch_step.py`, `--host_malloc`) call it first thing;
@@ -55,11 +59,6 @@ def _glibc():
     return libc if hasattr(libc, "mallopt") else None
   except (OSError, AttributeError):
     return None
-
-
-def _jax_backend_started() -> bool:
-  jax_mod = sys.modules.get("jax._src.xla_bridge")
-  return bool(getattr(jax_mod, "_backends", None))
 
 
 def _accelerator_plugins() -> list:
@@ -100,11 +99,8 @@ def skip_reason(check_platform: bool = True) -> Optional[str]:
     return f"the environment sets {', '.join(user)}"
   if _glibc() is None:
     return "not Linux with glibc"
-  if check_platform:
-    if _jax_backend_started():
-      return "JAX's backends are already running (call it before the first JAX computation)"
-    if not jax_will_use_cpu():
-      return "JAX will run on an accelerator"
+  if check_platform and not jax_will_use_cpu():
+    return "JAX will run on an accelerator"
   return None
 
 

@@ -189,7 +189,7 @@ HOST_MALLOC_HELP = ("host allocator of each case's process: tuned = advseg_jax.h
 
 
 def set_host_malloc(choice: Optional[str], *, check_platform: bool) -> str:
-  """Child side, before JAX / torch start: applies `choice` ('tuned' | 'default');
+  """Child side, first thing in a case: applies `choice` ('tuned' | 'default');
   returns advseg_jax.host_malloc.describe() for the result."""
   from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
   if (choice or "tuned") != "tuned":

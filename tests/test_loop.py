@@ -252,7 +252,7 @@ def test_resume_on_two_devices(reference, data_dir, tmp_path):
                         env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming from" in proc.stderr and "2 device(s) (pmap)" in proc.stderr
-  # The process entry tuned glibc malloc for XLA:CPU before JAX started (host_malloc).
+  # The process entry tuned glibc malloc for XLA:CPU (host_malloc).
   if host_malloc.skip_reason(check_platform=False) is None:
     assert "host malloc: tuned for XLA:CPU" in proc.stderr, proc.stderr[-3000:]
   summary = json.load(open(os.path.join(wd, "summary.json")))
