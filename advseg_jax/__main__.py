@@ -54,5 +54,6 @@ if __name__ == "__main__":
   # Process entry only (not `main()` called in-process): the allocator settings are
   # process-wide.
   from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
+  host_malloc.reexec_with_hugepages()  # returns when there is nothing to do
   host_malloc.configure()
   sys.exit(main())

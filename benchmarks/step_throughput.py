@@ -462,6 +462,7 @@ def main(argv=None, quiet: bool = False) -> List[Dict[str, Any]]:
             file=sys.stderr)
     else:
       print("# --gpu_mem_limit_gb ignored: nvidia-smi not available", file=sys.stderr)
+  env = C.host_malloc_child_env(args.host_malloc, env, check_platform=True)
   results = []
   for case in cases:
     t0 = time.time()

@@ -460,6 +460,7 @@ def main(argv=None, quiet: bool = False) -> List[Dict[str, Any]]:
   if args.case_json:
     C.emit(run_case(json.loads(args.case_json)))
     return []
+  env = C.host_malloc_child_env(args.host_malloc, os.environ.copy(), check_platform=False)
   results = []
   for case in make_cases(args):
     t0 = time.time()
@@ -471,7 +472,7 @@ def main(argv=None, quiet: bool = False) -> List[Dict[str, Any]]:
       out = [run_case(case)]
     else:
       out = C.run_child([os.path.abspath(__file__), "--case_json", json.dumps(case)],
-                        timeout=args.timeout)
+                        timeout=args.timeout, env=env)
     for r in out:
       for k in ("method", "precision", "variant"):
         r.setdefault(k, case[k])

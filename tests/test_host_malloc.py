@@ -57,7 +57,7 @@ _CHILD = textwrap.dedent("""
     from advseg_jax import host_malloc
     applied = host_malloc.configure()
     import jax, jax.numpy as jnp
-    n = 3500                     # a [3500, 3500] float32 intermediate: a 49 MB scratch buffer
+    n = int(sys.argv[1])         # an [n, n] float32 intermediate: the scratch buffer
     f = jax.jit(lambda v: (v[:, None] * v[None, :] @ v[::-1]) @ v)
     v = jnp.linspace(0.0, 1.0, n, dtype=jnp.float32)
     for _ in range(8):           # executions start on either executor thread: warm both arenas
@@ -72,12 +72,19 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _run_child(switch: str) -> dict:
+def _base_env(switch: str) -> dict:
   env = {k: v for k, v in os.environ.items()
          if k not in host_malloc._USER_VARIABLES + ("GLIBC_TUNABLES",)}  # pylint: disable=protected-access
   env.update({host_malloc.ENV_SWITCH: switch, "JAX_PLATFORMS": "cpu",
               "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
-  proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
+  return env
+
+
+def _run_child(switch: str, n: int = 3500, hugepages: bool = False) -> dict:
+  env = _base_env(switch)
+  if hugepages:
+    env = host_malloc.hugepage_environment(env)
+  proc = subprocess.run([sys.executable, "-c", _CHILD, str(n)], capture_output=True, text=True,
                         timeout=300, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -97,3 +104,65 @@ def test_tuned_malloc_stops_per_execution_page_faults():
   assert sum(n < 0.1 * pages for n in tuned["faults"]) >= 6, tuned
   assert tuned["value"] == default["value"]           # same computation, same result
   print("minor faults per execution: default", default["faults"], "tuned", tuned["faults"])
+
+
+def _thp_mode() -> str:
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+      return f.read().split("[")[1].split("]")[0]
+  except (OSError, IndexError):
+    return "never"
+
+
+@pytest.mark.skipif(not GLIBC or _thp_mode() == "never",
+                    reason="needs glibc and transparent huge pages (madvise or always)")
+def test_hugepages_cut_the_faults_of_buffers_a_thread_arena_cannot_hold():
+  """A 100 MB intermediate is mapped afresh on every execution whatever mallopt says; with
+  glibc's huge-page tunable it is faulted in 2 MB at a time."""
+  n = 5000
+  pages = n * n * 4 // 4096
+  default = _run_child("default", n)
+  huge = _run_child("default", n, hugepages=True)
+  assert min(default["faults"]) > 0.5 * pages, default
+  assert sorted(huge["faults"])[len(huge["faults"]) // 2] < 0.25 * pages, huge
+  assert huge["value"] == default["value"]
+
+
+def test_hugepage_environment_is_added_once_and_not_taken_for_the_users(monkeypatch):
+  env = host_malloc.hugepage_environment({"GLIBC_TUNABLES": "glibc.cpu.x86_ibt=off"})
+  assert env["GLIBC_TUNABLES"] == "glibc.cpu.x86_ibt=off:" + host_malloc.HUGEPAGE_TUNABLE
+  assert host_malloc.hugepage_environment(env)["GLIBC_TUNABLES"] == env["GLIBC_TUNABLES"]
+  _clean_env(monkeypatch)
+  for k, v in env.items():
+    if k in ("GLIBC_TUNABLES", host_malloc._OURS):  # pylint: disable=protected-access
+      monkeypatch.setenv(k, v)
+  assert host_malloc.skip_reason(check_platform=False) is None     # ours, not the user's
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+  monkeypatch.delenv(host_malloc._OURS)  # pylint: disable=protected-access
+  assert "GLIBC_TUNABLES" in host_malloc.skip_reason(check_platform=False)
+
+
+_REEXEC = textwrap.dedent("""
+    import os, sys
+    print("start", os.getpid(), flush=True)
+    from advseg_jax import host_malloc
+    host_malloc.reexec_with_hugepages()
+    print("end", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], flush=True)
+""")
+
+
+@pytest.mark.skipif(not GLIBC, reason="needs Linux with glibc")
+@pytest.mark.parametrize("switch", ["tuned", "default"])
+def test_process_entry_reexecutes_once_with_hugepages(switch):
+  proc = subprocess.run([sys.executable, "-c", _REEXEC, "a1", "--b=2"], capture_output=True,
+                        text=True, timeout=120, env=_base_env(switch), cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.split("\n")
+  starts = [l for l in lines if l.startswith("start")]
+  end = [l for l in lines if l.startswith("end")]
+  assert len(end) == 1 and "['a1', '--b=2']" in end[0], proc.stdout
+  if switch == "tuned":   # exec keeps the pid and the arguments; once, not in a loop
+    assert len(starts) == 2 and starts[0] == starts[1], proc.stdout
+    assert host_malloc.HUGEPAGE_TUNABLE in end[0]
+  else:
+    assert len(starts) == 1 and host_malloc.HUGEPAGE_TUNABLE not in end[0], proc.stdout
