@@ -53,10 +53,14 @@ _OURS = "ADVSEG_JAX_HOST_MALLOC_TUNABLE"     # marks the tunable this module add
 _state: Dict[str, Optional[str]] = {"applied": None, "reason": None}
 
 
+def _tunables(env) -> list:
+  """The entries of `env`'s GLIBC_TUNABLES."""
+  return [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
 def _user_tunables(env) -> str:
   """GLIBC_TUNABLES of `env` without the entry this module added."""
-  ours = env.get(_OURS)
-  return ":".join(t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != ours)
+  return ":".join(t for t in _tunables(env) if t != env.get(_OURS))
 
 
 def hugepage_environment(env=None) -> dict:
@@ -64,7 +68,7 @@ def hugepage_environment(env=None) -> dict:
   allocations with transparent huge pages (2 MB pages: 512x fewer page faults when a buffer is
   mapped afresh). glibc reads tunables at process start only, so this is for a new process."""
   env = dict(os.environ if env is None else env)
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+  tunables = _tunables(env)
   if HUGEPAGE_TUNABLE not in tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGEPAGE_TUNABLE])
     env[_OURS] = HUGEPAGE_TUNABLE
@@ -72,7 +76,7 @@ def hugepage_environment(env=None) -> dict:
 
 
 def hugepages_active() -> bool:
-  return HUGEPAGE_TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
+  return HUGEPAGE_TUNABLE in _tunables(os.environ)
 
 
 def reexec_with_hugepages() -> None:
@@ -80,7 +84,7 @@ def reexec_with_hugepages() -> None:
   `hugepage_environment()` when `skip_reason()` is None and huge pages are not requested yet.
   Returns without doing anything otherwise (also after the re-exec: the marker variable stops
   a loop where glibc ignores the tunable)."""
-  if _OURS in os.environ or hugepages_active() or skip_reason() is not None:
+  if _OURS in os.environ or skip_reason() is not None:  # a tunable of the user's: skip_reason
     return
   argv = list(getattr(sys, "orig_argv", None) or [])
   if not argv:
