@@ -51,6 +51,35 @@ def test_nonfinite_gradient_only_is_named():
     diagnostics.check_finite(3, {"g/loss": 1.0, "nonfinite": 1.0}, skip=False)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_step_finiteness_check_finds_one_bad_element_anywhere(bad, dtype):
+  """The step's guard (a float32 sum per leaf) flags a single NaN / +-inf in any floating
+  leaf, under jit, and ignores integer leaves; finite trees pass, also with large values."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from advseg_jax.train.steps import _all_finite
+
+  rng = np.random.default_rng()
+  tree = {"w": jnp.asarray(rng.normal(size=(7, 5)), dtype),
+          "b": {"x": jnp.asarray(rng.normal(size=(11,)) * 1e30, jnp.float32)},
+          "step": jnp.asarray(3, jnp.int32)}
+  check = jax.jit(_all_finite)
+  assert bool(check(tree))
+  for path in (("w",), ("b", "x")):
+    leaf = tree[path[0]] if len(path) == 1 else tree["b"]["x"]
+    pos = tuple(int(rng.integers(n)) for n in leaf.shape)
+    bad_leaf = leaf.at[pos].set(bad)
+    bad_tree = ({**tree, "w": bad_leaf} if path == ("w",)
+                else {**tree, "b": {"x": bad_leaf}})
+    assert not bool(check(bad_tree)), (path, pos)
+  # +inf and -inf in one leaf sum to NaN: still caught.
+  both = tree["w"].at[0, 0].set(math.inf).at[1, 1].set(-math.inf)
+  assert not bool(check({**tree, "w": both}))
+  assert bool(check({"step": jnp.asarray(1)}))
+
+
 def test_preemption_guard_catches_sigterm_and_restores():
   before = signal.getsignal(signal.SIGTERM)
   with PreemptionGuard() as guard:
