@@ -7,6 +7,11 @@ same shapes and prints one table: ms/iteration of each and the JAX speed-up.
   python benchmarks/compare.py --preset original --dtypes float32,bfloat16 \\
       --variants eager,channels_last,compile --json results/gpu.json       # on a GPU machine
 
+With `--rounds N` every case runs N times, the two sides' processes alternating (JAX first
+in even rounds, PyTorch first in odd ones); the table then gives each side's median over the
+rounds and the range of the per-round speed-ups, which is what to quote on a machine whose
+single runs move by +-10%.
+
 Speed-up = PyTorch ms / JAX ms at the same precision (JAX bfloat16 activations against
 PyTorch autocast bfloat16); > 1 means the JAX step is faster. "vs eager" compares with plain
 eager PyTorch, "vs best" with the fastest PyTorch variant that ran.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from typing import Any, Dict, List, Tuple
 
@@ -35,6 +41,52 @@ def _key(r: Dict[str, Any]) -> Key:
   return (r.get("method"), r.get("precision"), r.get("shape"), str(r.get("depth")))
 
 
+def merge_rounds(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """One result per (case, side variant) from results tagged with `round`.
+
+  ms_median / cpu_ms_median / images_per_s become the median over the rounds (failed rounds
+  are left out; a case that failed in every round keeps its first error), `rounds_ms` lists
+  the per-round ms_median in round order and `rounds` counts the rounds that ran. Results
+  without a `round` tag pass through unchanged.
+  """
+  groups: Dict[Tuple[Key, Any], List[Dict[str, Any]]] = {}
+  order: List[Tuple[Key, Any]] = []
+  for r in results:
+    k = (_key(r), r.get("variant"))
+    if k not in groups:
+      groups[k] = []
+      order.append(k)
+    groups[k].append(r)
+  merged = []
+  for k in order:
+    rs = groups[k]
+    if len(rs) == 1 and "round" not in rs[0]:
+      merged.append(rs[0])
+      continue
+    ok = sorted((r for r in rs if "error" not in r), key=lambda r: r.get("round", 0))
+    if not ok:
+      merged.append(rs[0])
+      continue
+    out = dict(ok[0])
+    out.pop("round", None)
+    for field in ("ms_median", "cpu_ms_median", "images_per_s"):
+      vals = [r[field] for r in ok if r.get(field) is not None]
+      if vals:
+        out[field] = statistics.median(vals)
+    out["rounds_ms"] = [r.get("ms_median") for r in ok]
+    out["rounds_index"] = [r.get("round", 0) for r in ok]
+    out["rounds"] = len(ok)
+    merged.append(out)
+  return merged
+
+
+def round_speedups(jax_r: Dict[str, Any], torch_r: Dict[str, Any]) -> List[float]:
+  """PyTorch ms / JAX ms for each round both sides of a case ran in."""
+  j = dict(zip(jax_r.get("rounds_index", []), jax_r.get("rounds_ms", [])))
+  t = dict(zip(torch_r.get("rounds_index", []), torch_r.get("rounds_ms", [])))
+  return [t[i] / j[i] for i in sorted(set(j) & set(t)) if j[i] and t[i]]
+
+
 def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str, Any]],
                 variants: List[str]) -> str:
   alt_by = {_key(r): r for r in jax_results if r.get("variant") == "alt"}
@@ -42,10 +94,12 @@ def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str,
   torch_by: Dict[Key, Dict[str, Dict[str, Any]]] = {}
   for r in torch_results:
     torch_by.setdefault(_key(r), {})[r.get("variant")] = r
+  multi = any(r.get("rounds", 1) > 1 for r in jax_results + torch_results)
   header = (["method", "precision", "shape (B x crop)", "depth", "JAX ms/iter", "JAX img/s"]
             + (["JAX alt-flags ms/iter"] if alt_by else [])
             + [f"PyTorch {v} ms/iter" for v in variants]
             + ["speed-up vs eager", "speed-up vs best PyTorch"]
+            + (["per-round speed-up vs eager (min-max, rounds)"] if multi else [])
             + (["alt speed-up vs eager"] if alt_by else []))
   rows = []
   keys = [_key(r) for r in jax_results]
@@ -76,6 +130,10 @@ def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str,
     eager = t.get("eager", {}).get("ms_median") if "error" not in t.get("eager", {}) else None
     row.append(f"{eager / jms:.2f}x" if (eager and jms) else "n/a")
     row.append(f"{best / jms:.2f}x" if (best and jms) else "n/a")
+    if multi:
+      per_round = round_speedups(j, t.get("eager", {})) if (eager and jms) else []
+      row.append(f"{min(per_round):.2f}-{max(per_round):.2f}x ({len(per_round)})"
+                 if per_round else "n/a")
     if alt_by:
       row.append(f"{eager / ams:.2f}x" if (eager and ams) else "n/a")
     rows.append(row)
@@ -143,6 +201,10 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first.")
   p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported).")
   p.add_argument("--iters", type=int, default=1, help="iterations per timed repeat.")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="run every case this many times, the sides' processes alternating "
+                      "(JAX first in even rounds, PyTorch first in odd ones); the table gives "
+                      "the median over rounds and the per-round speed-up range (default 1).")
   p.add_argument("--order", default="interleave", choices=("interleave", "jax_first"),
                  help="interleave = per case, run JAX then PyTorch back to back (load changes "
                       "on a shared machine hit both sides alike); jax_first = all JAX cases, "
@@ -201,26 +263,48 @@ def main(argv=None) -> None:
       plan = [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")]
     else:
       plan = [(args.methods, args.dtypes)]
-    for methods_, dtypes_ in plan:
-      sel = ["--methods", methods_, "--dtypes", dtypes_]
-      if not args.skip_jax:
-        jax_results += step_throughput.main(_common_argv(args) + sel + jax_extra, quiet=True)
-        if args.jax_alt_xla_flags:
-          alt = step_throughput.main(
-              _common_argv(args) + sel + jax_impl + [f"--xla_flags={args.jax_alt_xla_flags}"],
-              quiet=True)
-          for r in alt:
-            r["variant"] = "alt"
-          jax_results += alt
-      if args.order == "jax_first":
-        continue
-      if not args.skip_torch:
-        torch_results += torch_step.main(_common_argv(args) + sel + torch_extra, quiet=True)
-    if args.order == "jax_first" and not args.skip_torch:
-      torch_results += torch_step.main(_common_argv(args) + ["--methods", args.methods,
-                                                             "--dtypes", args.dtypes]
-                                       + torch_extra, quiet=True)
+
+    def run_jax(sel):
+      out = step_throughput.main(_common_argv(args) + sel + jax_extra, quiet=True)
+      if args.jax_alt_xla_flags:
+        alt = step_throughput.main(
+            _common_argv(args) + sel + jax_impl + [f"--xla_flags={args.jax_alt_xla_flags}"],
+            quiet=True)
+        for r in alt:
+          r["variant"] = "alt"
+        out += alt
+      return out
+
+    def run_torch(sel):
+      return torch_step.main(_common_argv(args) + sel + torch_extra, quiet=True)
+
+    def tag(results, round_):
+      if args.rounds > 1:
+        for r in results:
+          r["round"] = round_
+      return results
+
+    for round_ in range(args.rounds):
+      if args.rounds > 1:
+        print(f"[compare] round {round_ + 1}/{args.rounds}", file=sys.stderr, flush=True)
+      for methods_, dtypes_ in plan:
+        sel = ["--methods", methods_, "--dtypes", dtypes_]
+        sides = [("jax", run_jax), ("torch", run_torch)]
+        if args.order == "jax_first":
+          sides = sides[:1]
+        elif round_ % 2 == 1:
+          sides = sides[::-1]
+        for side, run in sides:
+          if side == "jax" and not args.skip_jax:
+            jax_results += tag(run(sel), round_)
+          elif side == "torch" and not args.skip_torch:
+            torch_results += tag(run(sel), round_)
+      if args.order == "jax_first" and not args.skip_torch:
+        torch_results += tag(run_torch(["--methods", args.methods, "--dtypes", args.dtypes]),
+                             round_)
     machine["loadavg_end"] = C.load_average()
+  raw_jax, raw_torch = jax_results, torch_results
+  jax_results, torch_results = merge_rounds(jax_results), merge_rounds(torch_results)
   ok = [r for r in jax_results + torch_results if "error" not in r]
   versions = {}
   for r in ok:
@@ -233,6 +317,8 @@ def main(argv=None) -> None:
       f"start {machine.get('loadavg_start')} end {machine.get('loadavg_end')}",
       f"# versions/devices: {versions}",
       _malloc_line(ok),
+      f"# rounds: {max([r.get('rounds', 1) for r in jax_results + torch_results] or [1])} "
+      "(ms: median over rounds)",
       f"# command: python {' '.join(sys.argv) if not args.from_json else '(from ' + args.from_json + ')'}",
       "",
       build_table(jax_results, torch_results, variants),
@@ -247,8 +333,8 @@ def main(argv=None) -> None:
     with open(args.markdown, "w") as f:
       f.write(text + "\n")
   if args.json and not args.from_json:
-    C.write_json(args.json, {"machine": machine, "argv": sys.argv, "jax": jax_results,
-                             "torch": torch_results})
+    C.write_json(args.json, {"machine": machine, "argv": sys.argv, "jax": raw_jax,
+                             "torch": raw_torch})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""benchmarks/compare.py: merging repeated rounds into one table row (pure functions)."""
+
+import importlib.util
+import os
+import random
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compare.py")
+
+
+@pytest.fixture(scope="module")
+def compare():
+  spec = importlib.util.spec_from_file_location("bench_compare", _PATH)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _res(side_variant, ms, round_, method="supervised", cpu=None, error=None):
+  r = {"method": method, "precision": "float32", "shape": "2x97x97", "depth": "resnet101",
+       "variant": side_variant, "round": round_}
+  if error:
+    r["error"] = error
+  else:
+    r.update(ms_median=ms, cpu_ms_median=cpu if cpu is not None else 2 * ms,
+             images_per_s=2000.0 / ms)
+  return r
+
+
+def test_rounds_merge_to_medians_and_per_round_speedups(compare):
+  jax_ms = [random.uniform(300, 400) for _ in range(3)]
+  torch_ms = [random.uniform(300, 400) for _ in range(3)]
+  jax = [_res(None, ms, i) for i, ms in enumerate(jax_ms)]
+  torch = [_res("eager", ms, i) for i, ms in enumerate(torch_ms)]
+  torch.append(_res("eager", None, 0, method="advsemi", error="RuntimeError: boom"))
+  mj, mt = compare.merge_rounds(jax), compare.merge_rounds(torch)
+  assert len(mj) == 1 and len(mt) == 2
+  assert mj[0]["ms_median"] == pytest.approx(sorted(jax_ms)[1])
+  assert mj[0]["rounds"] == 3 and mj[0]["rounds_ms"] == jax_ms and "round" not in mj[0]
+  assert mt[1]["error"].startswith("RuntimeError")          # all rounds failed: error kept
+  speedups = compare.round_speedups(mj[0], mt[0])
+  assert speedups == pytest.approx([t / j for t, j in zip(torch_ms, jax_ms)])
+  table = compare.build_table(mj, mt, ["eager"])
+  row = [line for line in table.splitlines() if line.startswith("| supervised")][0]
+  assert f"{min(speedups):.2f}-{max(speedups):.2f}x (3)" in row
+  assert f"{sorted(torch_ms)[1] / sorted(jax_ms)[1]:.2f}x" in row
+
+
+def test_failed_round_is_left_out_and_pairs_only_common_rounds(compare):
+  jax = [_res(None, 300.0, 0), _res(None, None, 1, error="OOM"), _res(None, 330.0, 2)]
+  torch = [_res("eager", 360.0, 0), _res("eager", 320.0, 1), _res("eager", 300.0, 2)]
+  mj, mt = compare.merge_rounds(jax)[0], compare.merge_rounds(torch)[0]
+  assert mj["rounds"] == 2 and mj["ms_median"] == pytest.approx(315.0)
+  assert compare.round_speedups(mj, mt) == pytest.approx([360 / 300, 300 / 330])
+
+
+def test_single_round_results_pass_through_unchanged(compare):
+  r = _res(None, 310.0, 0)
+  del r["round"]
+  assert compare.merge_rounds([r]) == [r]
+  table = compare.build_table([r], [], ["eager"])
+  assert "per-round" not in table
