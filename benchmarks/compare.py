@@ -45,9 +45,9 @@ def merge_rounds(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
   """One result per (case, side variant) from results tagged with `round`.
 
   ms_median / cpu_ms_median / images_per_s become the median over the rounds (failed rounds
-  are left out; a case that failed in every round keeps its first error), `rounds_ms` lists
-  the per-round ms_median in round order and `rounds` counts the rounds that ran. Results
-  without a `round` tag pass through unchanged.
+  are left out; a case that failed in every round keeps its first error), `ms_by_round`
+  maps each round that ran to its ms_median and `rounds` counts them. Results without a
+  `round` tag pass through unchanged.
   """
   groups: Dict[Tuple[Key, Any], List[Dict[str, Any]]] = {}
   order: List[Tuple[Key, Any]] = []
@@ -73,8 +73,7 @@ def merge_rounds(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
       vals = [r[field] for r in ok if r.get(field) is not None]
       if vals:
         out[field] = statistics.median(vals)
-    out["rounds_ms"] = [r.get("ms_median") for r in ok]
-    out["rounds_index"] = [r.get("round", 0) for r in ok]
+    out["ms_by_round"] = {r.get("round", 0): r.get("ms_median") for r in ok}
     out["rounds"] = len(ok)
     merged.append(out)
   return merged
@@ -82,9 +81,8 @@ def merge_rounds(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def round_speedups(jax_r: Dict[str, Any], torch_r: Dict[str, Any]) -> List[float]:
   """PyTorch ms / JAX ms for each round both sides of a case ran in."""
-  j = dict(zip(jax_r.get("rounds_index", []), jax_r.get("rounds_ms", [])))
-  t = dict(zip(torch_r.get("rounds_index", []), torch_r.get("rounds_ms", [])))
-  return [t[i] / j[i] for i in sorted(set(j) & set(t)) if j[i] and t[i]]
+  j, t = jax_r.get("ms_by_round", {}), torch_r.get("ms_by_round", {})
+  return [t[i] / j[i] for i in sorted(j.keys() & t.keys()) if j[i] and t[i]]
 
 
 def build_table(jax_results: List[Dict[str, Any]], torch_results: List[Dict[str, Any]],

@@ -37,7 +37,7 @@ def test_rounds_merge_to_medians_and_per_round_speedups(compare):
   mj, mt = compare.merge_rounds(jax), compare.merge_rounds(torch)
   assert len(mj) == 1 and len(mt) == 2
   assert mj[0]["ms_median"] == pytest.approx(sorted(jax_ms)[1])
-  assert mj[0]["rounds"] == 3 and mj[0]["rounds_ms"] == jax_ms and "round" not in mj[0]
+  assert mj[0]["rounds"] == 3 and mj[0]["ms_by_round"] == dict(enumerate(jax_ms)) and "round" not in mj[0]
   assert mt[1]["error"].startswith("RuntimeError")          # all rounds failed: error kept
   speedups = compare.round_speedups(mj[0], mt[0])
   assert speedups == pytest.approx([t / j for t, j in zip(torch_ms, jax_ms)])
