@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""A/B of training-step variants in one process: each variant's step is compiled, then the
+variants are called in turn (forward order in even rounds, reversed in odd ones), so slow
+drift of the machine hits all of them alike.
+
+Separate processes (step_throughput.py, compare.py) move by +-7-10% from run to run on the
+project's 2-core box; a 5% change is then invisible. Here the variants share the process,
+its allocator state, the thermal / frequency state of the moment and the inputs, and the
+table gives each one's median, quartiles and median process CPU time over `--calls` calls.
+
+A variant is `LABEL=FIELD=VALUE[,FIELD=VALUE...]`, config fields with dots as in the train
+CLI's `--config.FIELD=VALUE`; `LABEL=` alone is the unchanged config. The first variant is
+the baseline of the speed-up column.
+
+  python benchmarks/step_ab.py --method supervised --depth resnet101 --cpus 2 \\
+      --variant matmul=model.conv_dx_impl=matmul --variant xla=model.conv_dx_impl=xla
+  python benchmarks/step_ab.py --method advsemi --variant base= \\
+      --variant bf16=model.dtype=bfloat16,disc.dtype=bfloat16 --calls 30
+
+Every variant keeps its own train states (about 0.7 GB for ResNet-101 with momentum), so
+memory grows with the number of variants. Timing: each call is one full iteration closed by
+`jax.block_until_ready` on the new states, like step_throughput.py with --iters 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import statistics
+import sys
+import time
+from typing import Any, Dict, List, Sequence, Tuple
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+for _p in (_HERE, _ROOT):
+  if _p not in sys.path:
+    sys.path.insert(0, _p)
+
+import _common as C  # noqa: E402
+import step_throughput  # noqa: E402
+
+Override = Tuple[str, str]
+
+
+def parse_variant(spec: str) -> Tuple[str, List[Override]]:
+  """'LABEL=a.b=1,c=x' -> ('LABEL', [('a.b', '1'), ('c', 'x')]); 'LABEL=' -> ('LABEL', [])."""
+  label, sep, rest = spec.partition("=")
+  if not sep or not label:
+    raise ValueError(f"--variant {spec!r}: expected LABEL=FIELD=VALUE[,FIELD=VALUE...] "
+                     "or LABEL= for the unchanged config")
+  overrides = []
+  for item in filter(None, rest.split(",")):
+    field, sep, value = item.partition("=")
+    if not sep or not field:
+      raise ValueError(f"--variant {spec!r}: {item!r} is not FIELD=VALUE")
+    overrides.append((field, value))
+  return label, overrides
+
+
+def _convert(field: str, current: Any, text: str) -> Any:
+  """`text` as the type of the field's current value (bool / int / float / str / other)."""
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false"):
+      raise ValueError(f"config field {field}: expected true or false, got {text!r}")
+    return text.lower() == "true"
+  if isinstance(current, (int, float)):
+    try:
+      return type(current)(text)
+    except ValueError:
+      kind = "an integer" if isinstance(current, int) else "a number"
+      raise ValueError(f"config field {field}: expected {kind}, got {text!r}") from None
+  if isinstance(current, str) or current is None:
+    return text
+  return ast.literal_eval(text)
+
+
+def apply_overrides(config, overrides: Sequence[Override]):
+  """Sets each dotted FIELD of `config` (an ml_collections ConfigDict) to VALUE, converted to
+  the field's current type. An unknown field is an error naming it."""
+  for field, text in overrides:
+    *parents, leaf = field.split(".")
+    node = config
+    for i, name in enumerate(parents):
+      if name not in node:
+        raise KeyError(f"config has no field {'.'.join(parents[:i + 1])!r} (from {field!r})")
+      node = node[name]
+    if leaf not in node:
+      raise KeyError(f"config has no field {field!r}")
+    node[leaf] = _convert(field, node[leaf], text)
+  return config
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n\n", 1)[1])
+  p.add_argument("--variant", action="append", required=True,
+                 help="LABEL=FIELD=VALUE[,FIELD=VALUE...] (repeat; at least two). The first "
+                      "is the baseline.")
+  p.add_argument("--method", default="supervised", choices=sorted(C.NUM_CLASSES),
+                 help="training method (default supervised).")
+  p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                 help="model.dtype and disc.dtype of every variant before its overrides.")
+  p.add_argument("--preset", default="cpu-small", choices=sorted(C.PRESETS),
+                 help="shape preset, as in step_throughput.py (default cpu-small).")
+  p.add_argument("--depth", default="resnet101",
+                 help="resnet101 | resnet50 | tiny | 'a,b,c,d' (default resnet101).")
+  p.add_argument("--width", type=int, default=64, help="stem width (64 = the originals).")
+  p.add_argument("--batch", type=int, default=None, help="per-device batch (overrides preset).")
+  p.add_argument("--crop", default=None, help="labelled/source crop HxW (overrides preset).")
+  p.add_argument("--target_crop", default=None, help="adaptseg target crop HxW.")
+  p.add_argument("--calls", type=int, default=20,
+                 help="timed calls per variant (default 20).")
+  p.add_argument("--warmup", type=int, default=2,
+                 help="untimed calls per variant after its compiling call (default 2).")
+  p.add_argument("--cpus", type=int, default=None,
+                 help="pin the process to its first N CPUs before JAX starts.")
+  p.add_argument("--host_malloc", default="tuned", choices=C.HOST_MALLOC_CHOICES,
+                 help=C.HOST_MALLOC_HELP.replace("each case's process", "the process"))
+  p.add_argument("--json", default=None, help="write the results to this JSON file.")
+  args = p.parse_args(argv)
+  variants = [parse_variant(v) for v in args.variant]
+  labels = [label for label, _ in variants]
+  if len(variants) < 2:
+    p.error("give at least two --variant")
+  if len(set(labels)) != len(labels):
+    p.error(f"variant labels must differ, got {labels}")
+  if args.calls < 1 or args.warmup < 0:
+    p.error("--calls must be >= 1 and --warmup >= 0")
+  return args, variants
+
+
+def summarise(label: str, overrides: Sequence[Override], wall_ms: Sequence[float],
+              cpu_ms: Sequence[float], compile_s: float) -> Dict[str, Any]:
+  q = statistics.quantiles(wall_ms, n=4) if len(wall_ms) > 1 else [wall_ms[0]] * 3
+  return {"variant": label, "overrides": dict(overrides), "compile_s": compile_s,
+          "ms_median": statistics.median(wall_ms), "ms_p25": q[0], "ms_p75": q[2],
+          "cpu_ms_median": statistics.median(cpu_ms), "ms_all": [round(x, 2) for x in wall_ms]}
+
+
+def table(results: Sequence[Dict[str, Any]]) -> str:
+  base = results[0]["ms_median"]
+  rows = [[r["variant"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(config)",
+           C.fmt(r["compile_s"]), C.fmt(r["ms_median"]),
+           f"{C.fmt(r['ms_p25'])}-{C.fmt(r['ms_p75'])}", C.fmt(r["cpu_ms_median"]),
+           f"{base / r['ms_median']:.3f}x"] for r in results]
+  return C.markdown_table(["variant", "overrides", "compile s", "ms/iter median",
+                           "p25-p75", "cpu-ms/iter", f"speed-up vs {results[0]['variant']}"],
+                          rows)
+
+
+def main(argv=None) -> List[Dict[str, Any]]:
+  args, variants = parse_args(argv)
+  pinned = C.pin_cpus(args.cpus)
+  if args.host_malloc == "tuned":
+    from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
+    host_malloc.reexec_with_hugepages()  # glibc reads its tunables at process start only
+  malloc = C.set_host_malloc(args.host_malloc, check_platform=True)
+  import jax  # pylint: disable=import-outside-toplevel
+  from advseg_jax import methods  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models.registry import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
+  from advseg_jax.train.parallel import Parallel  # pylint: disable=import-outside-toplevel
+  from advseg_jax.train.state import create_train_states  # pylint: disable=import-outside-toplevel
+  from advseg_jax.train.steps import make_train_step  # pylint: disable=import-outside-toplevel
+  from advseg_jax.configs_lib import validate  # pylint: disable=import-outside-toplevel
+
+  shape = C.resolve_shape(args.preset, args.method, args.batch, args.crop, args.target_crop)
+  depth_name, depth = C.parse_depth(args.depth)
+  par = Parallel("jit")
+  num_classes = C.NUM_CLASSES[args.method]
+  print(f"# step A/B: {args.method} {shape.label()} {depth_name} {args.precision}, "
+        f"{len(variants)} variants x {args.calls} calls; {malloc}; CPUs {pinned or 'all'}",
+        file=sys.stderr, flush=True)
+  batch, rng = None, jax.random.key(1)
+  runs = []
+  for label, overrides in variants:
+    cfg = step_throughput.build_config(args.method, args.precision, depth, args.width,
+                                       num_classes, shape.batch, "jit", 1)
+    apply_overrides(cfg, overrides)
+    validate(cfg, num_devices=1)
+    g_model = build_generator(cfg.model, bn_axis_name=None)
+    d_model = None if args.method == "supervised" else build_discriminator(cfg.disc)
+    states = create_train_states(cfg, g_model, d_model, jax.random.key(cfg.seed))
+    if batch is None:  # one input batch for every variant
+      batch = par.shard_batch(step_throughput.host_batch(
+          args.method, shape, methods.streams(args.method, cfg.method), num_classes, 1,
+          cfg.seed))
+    step = par.bind_train_step(make_train_step(cfg, g_model, d_model, None))
+    t0 = time.perf_counter()
+    compiled = step.lower(states, batch, rng).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(1 + args.warmup):
+      states, _ = compiled(states, batch, rng)
+    jax.block_until_ready(states)
+    print(f"# {label}: compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
+    runs.append({"label": label, "overrides": overrides, "fn": compiled, "states": states,
+                 "compile_s": compile_s, "wall": [], "cpu": []})
+  for i in range(args.calls):
+    for run in (runs if i % 2 == 0 else runs[::-1]):
+      c0, t0 = time.process_time(), time.perf_counter()
+      run["states"], _ = run["fn"](run["states"], batch, rng)
+      jax.block_until_ready(run["states"])
+      run["wall"].append((time.perf_counter() - t0) * 1e3)
+      run["cpu"].append((time.process_time() - c0) * 1e3)
+    if (i + 1) % 5 == 0 or i + 1 == args.calls:
+      print(f"# round {i + 1}/{args.calls}", file=sys.stderr, flush=True)
+  results = [summarise(r["label"], r["overrides"], r["wall"], r["cpu"], r["compile_s"])
+             for r in runs]
+  for r in results:
+    r.update(method=args.method, shape=shape.label(), depth=depth_name,
+             precision=args.precision, host_malloc=malloc, cpus=pinned, jax=jax.__version__)
+  machine = C.machine_info()
+  print(f"# {machine.get('date', '')}, {machine.get('cpu')} ({machine.get('cpu_count')} CPUs), "
+        f"jax {jax.__version__}")
+  print(f"# command: python {' '.join(sys.argv)}")
+  print()
+  print(table(results))
+  C.write_json(args.json, {"machine": machine, "argv": sys.argv, "results": results})
+  return results
+
+
+if __name__ == "__main__":
+  main()
