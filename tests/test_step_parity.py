@@ -17,8 +17,8 @@ REF_DTYPE), JAX in float32. After each iteration we compare
 
 AdvSemiSeg with semi_start=1: iteration 0 runs the unlabelled branch with the adversarial
 term only (the original before semi_start), iteration 1 runs everything, the masked
-self-training CE included. The threshold `mask_T` is placed inside image 0's confidence
-distribution, so some pixels are masked and others not.
+self-training CE included. The threshold `mask_T` is placed inside the batch's confidence
+distribution, in its widest gap, so some pixels are masked and others not.
 Labels contain 255 pixels (random ones and a bottom band). D is trained on labelled +
 unlabelled (d_remain) fakes vs one-hot ground truth. AdaptSegNet: DeeplabMulti with two
 discriminators, vanilla GAN and LS-GAN.
@@ -240,9 +240,11 @@ def _jit_step(config, g_model, d_model):
 
 # --------------------------------------------------------------------------- AdvSemiSeg
 def _pick_mask_t(conf: np.ndarray, record: dict) -> float:
-  """A threshold in the widest gap of image 0's central confidence values, so a meaningful
-  fraction of pixels is masked and no pixel sits within float noise of the threshold."""
-  v = np.unique(conf[0].ravel())
+  """A threshold in the widest gap of the batch's central confidence values, so a meaningful
+  fraction of pixels is masked and no pixel of any image sits within float noise of the
+  threshold (the mask covers the whole batch: a gap found in image 0 alone let a pixel of
+  image 1 land within 1e-7 of it and flip sides between torch and JAX)."""
+  v = np.unique(conf.ravel())
   lo, hi = int(0.2 * len(v)), int(0.8 * len(v))
   gaps = np.diff(v[lo:hi + 1])
   j = int(np.argmax(gaps))
