@@ -17,7 +17,8 @@ before jax is imported, and multi-process needs its own processes); they start t
 a module fixture. This file is also the worker: `python tests/test_parallel.py ...`.
 
 Tolerances (relative, max|a - b| / max|b|): metrics 1e-5; parameters and BN running
-statistics 1e-5 per tensor; gradient-linear optimiser state (SGD momentum, Adam moments)
+statistics 1e-5 per tensor (D's Adam-updated weights: up to 0.1% of a tensor's elements may
+be off by at most two Adam steps per step, see D_FLIP_FRACTION); gradient-linear optimiser state (SGD momentum, Adam moments)
 2e-2 over each model -- see tests/test_step_parity.py, GRAD_TOL: the gradient of a ReLU
 network is discontinuous, and pmap and jit sum in different orders (typical 1e-6,
 measured 1.8e-3 on one tensor after a kink flip). The parameter tolerance holds through
@@ -40,6 +41,14 @@ import pytest
 
 TOL = 1e-5
 GRAD_TOL = 2e-2
+D_LR = 1e-5
+# Adam moves a weight by about lr per step whatever its gradient's size. Where a gradient
+# element is near zero, pmap's and jit's summation orders can give it opposite signs
+# (seed 735508963: one element of D's conv4 kernel, 1.3e-5 of the tensor's max after two
+# steps). D's weights therefore tolerate a few such elements, each at most an Adam step per
+# step away, on top of the 1e-5 relative tolerance. A D update that is wrong or missing moves
+# every element, and D's gradients are checked through Adam's moments besides.
+D_FLIP_FRACTION = 1e-3
 GLOBAL_BATCH = 8
 HW = (33, 41)
 K = 3
@@ -70,7 +79,7 @@ def _config(bn: str):
   # Adam's first steps are ~lr * g / (|g| + 1e-8): where some |g| ~ 1e-8, the summation-order
   # noise of pmap vs jit moves that weight by a few % of lr (6.7e-6 relative to D's conv4 at
   # the originals' 1e-4). D's gradients are compared through Adam's moments instead.
-  c.optim_d.lr = 1e-5
+  c.optim_d.lr = D_LR
   if bn == "frozen":
     c.model.bn_mode = "frozen"
   elif bn == "sync":
@@ -317,6 +326,22 @@ def _rel(a, b) -> float:
   return float(diff / scale) if scale > 0 else float(diff)
 
 
+def _adam_flip_failures(key: str, got, want, tol: float) -> list:
+  """D weights (Adam) off by more than `tol` relative: allowed only for at most
+  D_FLIP_FRACTION of the elements (at least one), each within 2 Adam steps (2 * D_LR) per
+  step taken ('step1/...' = two steps)."""
+  a, b = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  diff = np.abs(a - b)
+  off = diff > tol * np.abs(b).max()
+  steps = int(key.split("/", 1)[0].removeprefix("step")) + 1
+  allowed = max(1, int(D_FLIP_FRACTION * diff.size))
+  bound = 2 * D_LR * steps
+  if off.sum() <= allowed and diff.max() <= bound:
+    return []
+  return [f"{key}: {int(off.sum())} of {diff.size} elements off by more than {tol:g} relative "
+          f"(allowed {allowed}), max |diff| {diff.max():.3e} (allowed {bound:.1e})"]
+
+
 def _group(key: str) -> str:
   """"step1/g_momentum['conv1']['kernel']" -> 'step1/g_momentum'; metrics -> 'step1/metrics'."""
   if "/metrics/" in key:
@@ -341,7 +366,9 @@ def _compare(got: dict, want: dict, title: str, seed: int, tol: float = TOL) -> 
     err = _rel(got[k], want[k])
     if err > worst.get(grp, (-1.0, ""))[0]:
       worst[grp] = (err, k)
-    if not err <= tol:
+    if grp.endswith("d_params") and not err <= tol:
+      failures += _adam_flip_failures(k, got[k], want[k], tol)
+    elif not err <= tol:
       failures.append(f"{k}: rel err {err:.3e} > {tol:g}")
   for grp, (num, den) in grad_groups.items():
     err = num / den if den > 0 else num
