@@ -121,7 +121,10 @@ def parse_args(argv=None):
                  help=C.HOST_MALLOC_HELP.replace("each case's process", "the process"))
   p.add_argument("--json", default=None, help="write the results to this JSON file.")
   args = p.parse_args(argv)
-  variants = [parse_variant(v) for v in args.variant]
+  try:
+    variants = [parse_variant(v) for v in args.variant]
+  except ValueError as e:
+    p.error(str(e))
   labels = [label for label, _ in variants]
   if len(variants) < 2:
     p.error("give at least two --variant")
@@ -173,13 +176,20 @@ def main(argv=None) -> List[Dict[str, Any]]:
   print(f"# step A/B: {args.method} {shape.label()} {depth_name} {args.precision}, "
         f"{len(variants)} variants x {args.calls} calls; {malloc}; CPUs {pinned or 'all'}",
         file=sys.stderr, flush=True)
-  batch, rng = None, jax.random.key(1)
-  runs = []
+  # Every variant's config first: a wrong field in the last one fails before any compile.
+  configs = []
   for label, overrides in variants:
     cfg = step_throughput.build_config(args.method, args.precision, depth, args.width,
                                        num_classes, shape.batch, "jit", 1)
-    apply_overrides(cfg, overrides)
-    validate(cfg, num_devices=1)
+    try:
+      apply_overrides(cfg, overrides)
+      validate(cfg, num_devices=1)
+    except (KeyError, ValueError, TypeError, SyntaxError) as e:
+      raise SystemExit(f"step_ab.py: --variant {label}: {str(e).strip(chr(34))}") from None
+    configs.append(cfg)
+  batch, rng = None, jax.random.key(1)
+  runs = []
+  for (label, overrides), cfg in zip(variants, configs):
     g_model = build_generator(cfg.model, bn_axis_name=None)
     d_model = None if args.method == "supervised" else build_discriminator(cfg.disc)
     states = create_train_states(cfg, g_model, d_model, jax.random.key(cfg.seed))

@@ -61,3 +61,6 @@ def test_two_variants_run_alternately_in_one_process(step_ab, tmp_path, capsys):
   assert json.loads(out.read_text())["results"][0]["variant"] == "dot"
   with pytest.raises(SystemExit):
     step_ab.main(["--variant", "a=", "--variant", "a=seed=1"])
+  with pytest.raises(SystemExit, match="--variant b: .*model.no_such_field"):
+    step_ab.main(["--host_malloc", "default", "--variant", "a=", "--variant",
+                  "b=model.no_such_field=1"])
