@@ -169,6 +169,15 @@ def machine_info() -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- child processes
+def add_shape_overrides(p) -> None:
+  """The flags that override a preset's shapes (`resolve_shape`) and the stem width:
+  --width, --batch, --crop, --target_crop."""
+  p.add_argument("--width", type=int, default=64, help="stem width (64 = the originals).")
+  p.add_argument("--batch", type=int, default=None, help="per-device batch (overrides preset).")
+  p.add_argument("--crop", default=None, help="labelled/source crop HxW (overrides preset).")
+  p.add_argument("--target_crop", default=None, help="adaptseg target crop HxW.")
+
+
 def pin_cpus(n: Optional[int]) -> Optional[List[int]]:
   """Restricts this process to its first `n` allowed CPUs (before JAX / torch start their
   thread pools, which size themselves from the affinity mask). None = leave as is."""

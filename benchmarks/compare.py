@@ -169,10 +169,7 @@ def parse_args(argv=None):
                  help="PyTorch variants (eager, channels_last, compile). Default all three.")
   p.add_argument("--depth", default=None,
                  help="resnet101 | resnet50 | tiny | 'a,b,c,d' (default: the preset's).")
-  p.add_argument("--width", type=int, default=64, help="stem width (64 = the originals).")
-  p.add_argument("--batch", type=int, default=None, help="per-device batch (overrides preset).")
-  p.add_argument("--crop", default=None, help="labelled/source crop HxW (overrides preset).")
-  p.add_argument("--target_crop", default=None, help="adaptseg target crop HxW.")
+  C.add_shape_overrides(p)
   p.add_argument("--cpus", type=int, default=None,
                  help="pin both sides to the first N CPUs (PyTorch then uses N threads).")
   p.add_argument("--host_malloc", default="tuned", choices=C.HOST_MALLOC_CHOICES,

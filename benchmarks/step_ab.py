@@ -107,10 +107,7 @@ def parse_args(argv=None):
                  help="shape preset, as in step_throughput.py (default cpu-small).")
   p.add_argument("--depth", default="resnet101",
                  help="resnet101 | resnet50 | tiny | 'a,b,c,d' (default resnet101).")
-  p.add_argument("--width", type=int, default=64, help="stem width (64 = the originals).")
-  p.add_argument("--batch", type=int, default=None, help="per-device batch (overrides preset).")
-  p.add_argument("--crop", default=None, help="labelled/source crop HxW (overrides preset).")
-  p.add_argument("--target_crop", default=None, help="adaptseg target crop HxW.")
+  C.add_shape_overrides(p)
   p.add_argument("--calls", type=int, default=20,
                  help="timed calls per variant (default 20).")
   p.add_argument("--warmup", type=int, default=2,
