@@ -287,6 +287,7 @@ def test_discriminator_optimizer_matches_torch(kind):
   tol = 1e-5 if kind.startswith("adam") else TOL
   worst_p = worst_u = 0.0
   got = ttr.flax_to_torch_arrays(jax.device_get(params["main"]))
+  moved = {}  # per tensor: the sum over steps of torch's largest update
   for step in range(4):
     before, got_before = ttr.torch_arrays(model), got
     grads = _random_grads(rng, before)
@@ -298,8 +299,12 @@ def test_discriminator_optimizer_matches_torch(kind):
                                  {"main": ttr.torch_to_flax_variables(grads, template)})
     got = ttr.flax_to_torch_arrays(jax.device_get(params["main"]))
     for name, want in ttr.torch_arrays(model).items():
-      # Relative to the parameter or, for a 1-element bias near zero, to this step's update.
-      err = _rel(got[name], want, floor=np.abs(want - before[name]).max())
+      # Relative to the parameter or, for a 1-element bias near zero, to how far it has moved:
+      # the two sides drift apart by each step's float32 error of the update, so after n steps
+      # the drift is bounded by the n updates together, not by the last one (seed 1421881808:
+      # classifier.bias at step 3, 1.56e-5 of that step's update).
+      moved[name] = moved.get(name, 0.0) + float(np.abs(want - before[name]).max())
+      err = _rel(got[name], want, floor=moved[name])
       # Each side's update from its own previous parameters (see _update_err).
       upd = _update_err(got[name], got_before[name], want, before[name])
       worst_p, worst_u = max(worst_p, err), max(worst_u, upd)
