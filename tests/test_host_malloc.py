@@ -52,15 +52,22 @@ def test_platform_detection(monkeypatch):
   assert host_malloc.jax_will_use_cpu()
 
 
+# The child runs on one CPU, so XLA:CPU runs every execution on the same thread and arena.
+# Unpinned, an execution may start on either of two executor threads, and under load (the
+# parallel test workers) which one is scheduling's choice: a thread whose arena has not yet
+# held the buffer faults it in once more (seen in CI: 5 of 10 tuned executions faulted, in
+# alternation). That is about where XLA runs, not about what the settings do; on one CPU the
+# outcome is deterministic (10 of 10 fault-free beside two busy processes, in 9 runs).
 _CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, os, resource, sys
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})   # before jax creates threads
     from advseg_jax import host_malloc
     applied = host_malloc.configure()
     import jax, jax.numpy as jnp
     n = int(sys.argv[1])         # an [n, n] float32 intermediate: the scratch buffer
     f = jax.jit(lambda v: (v[:, None] * v[None, :] @ v[::-1]) @ v)
     v = jnp.linspace(0.0, 1.0, n, dtype=jnp.float32)
-    for _ in range(8):           # executions start on either executor thread: warm both arenas
+    for _ in range(8):           # compile; the first allocations settle where glibc puts them
       f(v).block_until_ready()
     faults = []
     for _ in range(10):
@@ -99,9 +106,9 @@ def test_tuned_malloc_stops_per_execution_page_faults():
   pages = 3500 * 3500 * 4 // 4096  # 12.0k pages of 4 KiB
   # glibc defaults: the scratch buffer is mmap'ed fresh and faulted in on every execution.
   assert min(default["faults"]) > 0.5 * pages, default
-  # Tuned: it stays mapped in the heap, so most executions hardly fault at all (one may still
-  # grow a thread's heap once, when glibc places a block differently).
-  assert sum(n < 0.1 * pages for n in tuned["faults"]) >= 6, tuned
+  # Tuned: it stays mapped in the heap, so executions hardly fault at all (one may still grow
+  # the heap once, when glibc places a block differently).
+  assert sum(n < 0.1 * pages for n in tuned["faults"]) >= 9, tuned
   assert tuned["value"] == default["value"]           # same computation, same result
   print("minor faults per execution: default", default["faults"], "tuned", tuned["faults"])
 
