@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Tuple
 
+import jax
 import ml_collections
 
 from advseg_jax import methods
@@ -141,6 +142,10 @@ class ConfigError(ValueError):
   """An invalid config value; the message names the field."""
 
 
+_X64_NOTE = ("'float64' only with 64-bit JAX (JAX_ENABLE_X64=1); it is for numerical "
+             "checks, training uses 'float32' or 'bfloat16'")
+
+
 def _check(cond: bool, field: str, expected: str, value: Any) -> None:
   if not cond:
     raise ConfigError(f"config.{field} = {value!r} is invalid: expected {expected}")
@@ -224,6 +229,8 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
   _check(g.bn_mode in ("batch_stats", "frozen"), "model.bn_mode", "'batch_stats' or 'frozen'",
          g.bn_mode)
   _check(g.dtype in DTYPES, "model.dtype", f"one of {sorted(DTYPES)}", g.dtype)
+  _check(g.dtype != "float64" or jax.config.jax_enable_x64, "model.dtype",
+         _X64_NOTE, g.dtype)
   _check(g.get("pointwise_impl", "dot") in POINTWISE_IMPLS, "model.pointwise_impl",
          f"one of {POINTWISE_IMPLS}", g.get("pointwise_impl"))
   _check(g.get("conv_dx_impl", "auto") in CONV_DX_IMPLS, "model.conv_dx_impl",
@@ -277,5 +284,7 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
          "an accuracy in [0.5, 1]", c.diagnostics.d_collapse_accuracy)
   _check(isinstance(c.disc.ndf, int) and c.disc.ndf >= 1, "disc.ndf", "an int >= 1", c.disc.ndf)
   _check(c.disc.dtype in DTYPES, "disc.dtype", f"one of {sorted(DTYPES)}", c.disc.dtype)
+  _check(c.disc.dtype != "float64" or jax.config.jax_enable_x64, "disc.dtype",
+         _X64_NOTE, c.disc.dtype)
   _check(isinstance(c.seed, int), "seed", "an int", c.seed)
   _check(c.init.rule in INIT_RULES, "init.rule", f"one of {INIT_RULES}", c.init.rule)

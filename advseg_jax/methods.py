@@ -73,7 +73,7 @@ def _d_stats(ctx: Context, out: jax.Array, real_side: bool, mask=None) -> Tuple[
   """(accuracy, mean P(real)) of D on one side, over valid cells."""
   p = losses.real_probability(out, ctx.gan)
   correct = (p > 0.5) if real_side else (p < 0.5)
-  return (losses.masked_mean(correct.astype(jnp.float32), mask, ctx.axis_name),
+  return (losses.masked_mean(correct.astype(p.dtype), mask, ctx.axis_name),
           losses.masked_mean(p, mask, ctx.axis_name))
 
 
@@ -143,7 +143,7 @@ def advsemi_generator_loss(ctx, g_params, batch_stats, d_params, batch, step):
     metrics.update({
         "g/loss_semi_adv": semi_adv,
         "g/loss_semi": jnp.where(semi_on, semi_ce, 0.0),
-        "semi/mask_ratio": losses.masked_mean(valid.astype(jnp.float32), None, ctx.axis_name),
+        "semi/mask_ratio": losses.masked_mean(valid.astype(p_u.dtype), None, ctx.axis_name),
         "semi/active": semi_on.astype(jnp.float32),
     })
     d_inputs["unlabelled_probs"] = jax.nn.softmax(p_u, axis=-1)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from advseg_jax.models import layers
 from advseg_jax.models.aspp import ASPP_DILATIONS, ASPPClassifier
 from advseg_jax.models.resnet import EXPANSION, RESNET_DEPTHS, ResLayer
+from advseg_jax.precision import to_wide
 
 Logits = Union[jax.Array, Tuple[jax.Array, jax.Array]]
 
@@ -55,7 +56,8 @@ class DeepLabV2(nn.Module):
     bn_mode: 'batch_stats' (batch statistics when `train=True`, running statistics at eval)
       or 'frozen' (running statistics always).
     bn_axis_name: mapped axis for cross-device (sync) batch statistics, or None.
-    dtype: activation/computation dtype (parameters and BN statistics stay float32).
+    dtype: activation/computation dtype; parameters, BN statistics and the returned logits
+      are `precision.wide_dtype(dtype)` (float32; float64 for a float64 model).
     pointwise_impl: 'dot' computes the backbone's 1x1 convolutions as matrix products
       (`layers.PointwiseConv`: same variables, faster on XLA:CPU), 'conv' as convolutions.
     conv_dx_impl: input gradient of the bottlenecks' stride-1 3x3 convolutions: 'matmul'
@@ -106,8 +108,8 @@ class DeepLabV2(nn.Module):
     if self.multi_level:
       aux = self._classifier("layer5")(x3)
       main = self._classifier("layer6")(x4)
-      return aux.astype(jnp.float32), main.astype(jnp.float32)
-    return self._classifier("layer5")(x4).astype(jnp.float32)
+      return to_wide(aux), to_wide(main)
+    return to_wide(self._classifier("layer5")(x4))
 
 
 def classifier_names(multi_level: bool) -> Tuple[str, ...]:

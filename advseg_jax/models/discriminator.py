@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from advseg_jax.models import layers
+from advseg_jax.precision import to_wide
 
 
 def _torch_conv(features: int, kernel: int, in_features: int, *, stride: int = 1,
@@ -51,7 +52,7 @@ class FCDiscriminator(nn.Module):
       x = layers.leaky_relu(x, self.negative_slope)
     x = _torch_conv(self.out_channels, 4, x.shape[-1], stride=2, padding=self.padding,
                     dtype=self.dtype, name="classifier")(x)
-    x = x.astype(jnp.float32)
+    x = to_wide(x)
     if self.upsample_to_input:
       for _ in range(5):  # F.upsample_bilinear(x, scale_factor=2)[:, :, :-1, :-1]
         h, w = x.shape[1:3]
@@ -95,4 +96,4 @@ class ImageLabelDiscriminator(nn.Module):
       if i in self.pool_after:
         x = nn.max_pool(x, (2, 2), (2, 2))
     x = _torch_conv(1, 3, x.shape[-1], padding=1, dtype=self.dtype, name="classifier")(x)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return jnp.mean(to_wide(x), axis=(1, 2))

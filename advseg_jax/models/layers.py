@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from advseg_jax.precision import to_wide, wide_dtype
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -114,7 +116,7 @@ class PointwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
-                        jnp.float32)
+                        wide_dtype(self.dtype))
     dtype = self.dtype or jnp.result_type(x, jnp.float32)
     if self.stride > 1:
       if x.ndim != 4:
@@ -122,7 +124,8 @@ class PointwiseConv(nn.Module):
       x = x[:, ::self.stride, ::self.stride]
     y = channel_matmul(x.astype(dtype), kernel[0, 0].astype(dtype))
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(dtype)
+      y = y + self.param("bias", self.bias_init, (self.features,),
+                         wide_dtype(self.dtype)).astype(dtype)
     return y
 
 
@@ -172,7 +175,7 @@ def _conv3x3_matmul_dx_bwd(dilation, residuals, g):
   # Output position p received x[p + ((i - 1) d, (j - 1) d)] w[i, j]: send g[p] w[i, j]^T back.
   # The nine-tap sum runs in float32 (as a convolution accumulates) also for bfloat16 inputs.
   cols = lax.dot_general(g, w.reshape(9 * cin, -1).astype(g.dtype), (((3,), (1,)), ((), ())),
-                         preferred_element_type=jnp.float32).reshape(n, h, wd, 9, cin)
+                         preferred_element_type=wide_dtype(g.dtype)).reshape(n, h, wd, 9, cin)
   g_x = None
   for k in range(9):
     i, j = divmod(k, 3)
@@ -199,7 +202,7 @@ class Conv3x3MatmulDx(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
-                        jnp.float32)
+                        wide_dtype(self.dtype))
     dtype = self.dtype or jnp.result_type(x, jnp.float32)
     return conv3x3_matmul_dx(x.astype(dtype), kernel.astype(dtype), self.dilation)
 
@@ -254,7 +257,7 @@ def conv(features: int,
       kernel_init=kernel_init,
       bias_init=bias_init if bias_init is not None else nn.initializers.zeros,
       dtype=dtype,
-      param_dtype=jnp.float32,
+      param_dtype=wide_dtype(dtype),
       name=name)
 
 
@@ -290,11 +293,13 @@ def _interp_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
   if n_in == n_out:
     return x
   scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-  # PyTorch computes the source coordinate in float32 as `scale * dst_index`.
-  coords = jnp.arange(n_out, dtype=jnp.float32) * jnp.float32(scale)
+  # PyTorch computes the source coordinate as `scale * dst_index` in float32 (in float64 for
+  # float64 tensors).
+  cdt = wide_dtype(x.dtype)
+  coords = jnp.arange(n_out, dtype=cdt) * jnp.asarray(scale, cdt)
   i0 = jnp.clip(jnp.floor(coords).astype(jnp.int32), 0, n_in - 1)
   i1 = jnp.minimum(i0 + 1, n_in - 1)
-  frac = coords - i0.astype(jnp.float32)
+  frac = coords - i0.astype(cdt)
   shape = [1] * x.ndim
   shape[axis] = n_out
   frac = frac.reshape(shape).astype(x.dtype)
@@ -323,6 +328,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
   """Train-mode batch norm over all axes but the last: returns `(y, mean, var)`.
 
   x: [..., C] (NHWC); scale, bias: [C] float32. `mean` and the biased `var` are float32 [C]
+  (all float64 for float64 `x`, `advseg_jax.precision`)
   over this device's batch, averaged over `axis_name` when given (sync BN, equal per-device
   batches); y = (x - mean) / sqrt(var + epsilon) * scale + bias in `dtype`.
 
@@ -342,7 +348,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, dtype):
   axes = tuple(range(x.ndim - 1))
-  x32 = x.astype(jnp.float32)
+  x32 = to_wide(x)
   mean = jnp.mean(x32, axes)
   if axis_name is not None:
     mean = lax.pmean(mean, axis_name)
@@ -360,8 +366,8 @@ def _batch_norm_train_bwd(epsilon, axis_name, dtype, residuals, cotangents):
   g_y, g_mean, g_var = cotangents
   axes = tuple(range(x.ndim - 1))
   count = math.prod(x.shape[:-1])
-  centred = x.astype(jnp.float32) - mean
-  g = g_y.astype(jnp.float32)
+  centred = to_wide(x) - mean
+  g = g_y.astype(centred.dtype)
   g_bias = jnp.sum(g, axes)
   g_scale = jnp.sum(g * centred, axes) * inv_std
   sum_g, sum_g_xhat = g_bias, g_scale
@@ -390,7 +396,8 @@ class BatchNorm(nn.Module):
   `mean <- (1 - momentum) * mean + momentum * batch_mean` and
   `var  <- (1 - momentum) * var + momentum * batch_var * n / (n - 1)` exactly like torch.
   With `axis_name` the statistics are averaged over that mapped axis (sync BN); the
-  per-device batches must then be of equal size. Statistics are always float32.
+  per-device batches must then be of equal size. Statistics are float32 (float64 for a
+  float64 model, `advseg_jax.precision`).
   """
   use_running_average: Optional[bool] = None
   momentum: float = 0.1  # PyTorch convention: weight of the *new* statistic.
@@ -402,15 +409,16 @@ class BatchNorm(nn.Module):
   def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None) -> jax.Array:
     use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
     features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-
     dtype = self.dtype or x.dtype
+    wide = wide_dtype(dtype)
+    scale = self.param("scale", nn.initializers.ones, (features,), wide)
+    bias = self.param("bias", nn.initializers.zeros, (features,), wide)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), wide))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), wide))
+
     if use_ra:
       mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
-      return ((x.astype(jnp.float32) - ra_mean.value) * mul + bias).astype(dtype)
+      return ((x.astype(wide) - ra_mean.value) * mul + bias).astype(dtype)
 
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name, dtype)
     if not self.is_initializing() and self.is_mutable_collection("batch_stats"):

@@ -9,7 +9,9 @@ Generator spec fields (`config.model`):
   aspp_branches_used 2 (released models) | 4 (corrected ASPP)
   bn_mode            'batch_stats' | 'frozen'
   sync_bn            bool: batch statistics averaged over the device axis
-  dtype              'float32' | 'bfloat16' (activations; params and BN stats stay float32)
+  dtype              'float32' | 'bfloat16' | 'float16' (activations; params, BN stats and
+                     losses stay float32) | 'float64' (everything float64: numerical checks,
+                     needs JAX_ENABLE_X64=1; see advseg_jax.precision)
 
 Discriminator spec fields (`config.disc`):
   arch               'fc' (FCDiscriminator) | 'fc2' (ICLR 2-channel, in-module upsampling)
@@ -27,10 +29,12 @@ import jax.numpy as jnp
 from advseg_jax.models.deeplab import DeepLabV2
 from advseg_jax.models.discriminator import FCDiscriminator, ImageLabelDiscriminator
 from advseg_jax.models.resnet import RESNET_DEPTHS
+from advseg_jax.precision import require_x64_for
 
 GENERATOR_ARCHS = ("deeplabv2", "deeplabv2_multi")
 DISCRIMINATOR_ARCHS = ("fc", "fc2", "image_label")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
+          "float64": jnp.float64}
 
 
 def _get(spec: Any, key: str, default: Any) -> Any:
@@ -39,14 +43,16 @@ def _get(spec: Any, key: str, default: Any) -> Any:
   return getattr(spec, key, default) if key in spec else default
 
 
-def resolve_dtype(name: Any) -> Any:
+def resolve_dtype(name: Any, what: str = "dtype") -> Any:
+  """A dtype name in DTYPES (or a dtype) -> the dtype; float64 only with x64 enabled."""
   if name is None:
     return jnp.float32
-  if not isinstance(name, str):
-    return name
-  if name not in DTYPES:
-    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
-  return DTYPES[name]
+  if isinstance(name, str):
+    if name not in DTYPES:
+      raise ValueError(f"{what} must be one of {sorted(DTYPES)}, got {name!r}")
+    name = DTYPES[name]
+  require_x64_for(name, what)
+  return name
 
 
 def resolve_depths(depths: Any) -> tuple:
@@ -76,7 +82,7 @@ def build_generator(spec: Any, *, bn_axis_name: str | None = None) -> DeepLabV2:
       aspp_branches_used=int(_get(spec, "aspp_branches_used", 2)),
       bn_mode=str(_get(spec, "bn_mode", "batch_stats")),
       bn_axis_name=bn_axis_name if sync else None,
-      dtype=resolve_dtype(_get(spec, "dtype", "float32")),
+      dtype=resolve_dtype(_get(spec, "dtype", "float32"), "model.dtype"),
       pointwise_impl=str(_get(spec, "pointwise_impl", "dot")),
       conv_dx_impl=str(_get(spec, "conv_dx_impl", "auto")),
   )
@@ -85,7 +91,7 @@ def build_generator(spec: Any, *, bn_axis_name: str | None = None) -> DeepLabV2:
 def build_discriminator(spec: Any):
   """A discriminator module from a discriminator spec."""
   arch = _get(spec, "arch", "fc")
-  dtype = resolve_dtype(_get(spec, "dtype", "float32"))
+  dtype = resolve_dtype(_get(spec, "dtype", "float32"), "disc.dtype")
   ndf = int(_get(spec, "ndf", 64))
   if arch == "fc":
     return FCDiscriminator(ndf=ndf, dtype=dtype)

@@ -27,9 +27,23 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 
 def poly_schedule(base_lr: float, num_steps: int, power: float = 0.9) -> Schedule:
-  """`lr_poly`: base_lr * (1 - step / num_steps) ** power (step counted from 0)."""
-  return optax.polynomial_schedule(init_value=base_lr, end_value=0.0, power=power,
-                                   transition_steps=max(int(num_steps), 1))
+  """`lr_poly`: base_lr * (1 - step / num_steps) ** power (step counted from 0), 0 after.
+
+  A float32 scalar (optax's schedule); float64 when JAX runs with x64, so that a float64
+  run's learning rate is PyTorch's Python-float `lr_poly` to the last bit (optax's is
+  float32 even then, 1e-8 off). The updates cast it to each parameter's dtype.
+  """
+  transition = max(int(num_steps), 1)
+  float32_schedule = optax.polynomial_schedule(init_value=base_lr, end_value=0.0, power=power,
+                                               transition_steps=transition)
+
+  def schedule(count):
+    if not jax.config.jax_enable_x64:
+      return float32_schedule(count)
+    frac = 1.0 - jnp.clip(jnp.asarray(count, jnp.float64), 0, transition) / transition
+    return base_lr * jnp.maximum(frac, 0.0) ** power
+
+  return schedule
 
 
 # ----------------------------------------------------------------------------- multiplicities
@@ -91,7 +105,7 @@ def torch_sgd(schedule: Schedule, multiplicity: Any, lr_multiplier: Any, *,
       for _ in range(int(k)):
         grad = grad + weight_decay * p_new
         buf = momentum * buf + grad
-        p_new = p_new - (lr * scale) * buf
+        p_new = p_new - (lr * scale).astype(buf.dtype) * buf
       return p_new - p, buf
 
     out = jax.tree.map(leaf, grads, state.momentum, params, multiplicity, lr_multiplier)
