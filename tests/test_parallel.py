@@ -19,7 +19,7 @@ a module fixture. This file is also the worker: `python tests/test_parallel.py .
 Tolerances (relative, max|a - b| / max|b|): metrics 1e-5; parameters and BN running
 statistics 1e-5 per tensor (D's Adam-updated weights: up to 0.1% of a tensor's elements may
 be off by at most two Adam steps per step, see D_FLIP_FRACTION); gradient-linear optimiser state (SGD momentum, Adam moments)
-2e-2 over each model -- see tests/test_step_parity.py, GRAD_TOL: the gradient of a ReLU
+2e-2 over each model -- see tests/test_step_parity.py, GRAD_TOL_F32: the gradient of a ReLU
 network is discontinuous, and pmap and jit sum in different orders (typical 1e-6,
 measured 1.8e-3 on one tensor after a kink flip). The parameter tolerance holds through
 such a flip only while a step moves each tensor by a small fraction of itself, so the setup
