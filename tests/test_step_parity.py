@@ -16,6 +16,8 @@ After each iteration we compare (tolerances: TOLERANCES)
     buffer = grad + wd * p; D: Adam's first and second moments), whole model:
                                rel err  0.25      1e-10
     (float32: gross errors only, see GRAD_TOL_F32; the float64 run is the precise check).
+  Each float32 tolerance widens to 10x the float32 *torch* reference's own error on the same
+  quantity where that is larger (NOISE_FACTOR: draws that float32 cannot resolve).
     `p_new - p_old` itself is useless for this in float32 (it carries the rounding of p,
     ~1e-3 of the update).
   * tensors torch leaves untouched (frozen BN affine, the dead ASPP branches 2 and 3 whose
@@ -70,6 +72,13 @@ LOSS_TOL_F32 = 1e-4
 # float64 JAX vs float64 torch: measured ~2e-15 (losses, parameters, gradients, both
 # iterations), so 1e-10 leaves five orders of magnitude for summation order.
 F64_TOL = 1e-10
+# On some draws float32 itself cannot get closer to the exact (float64) result than the
+# tolerances below: seed 882140013 (adaptseg LS) had D1's Adam moments 4.0e-3 off, its weights
+# 1.2e-3 and two iteration-1 losses 2.9e-4 off, in JAX float32 *and* in PyTorch float32
+# (same numbers: the flips come from float32 rounding both share, not from summation order).
+# So each float32 quantity may be off by max(tolerance, NOISE_FACTOR x the float32 torch
+# reference's error on the same quantity); the float64 run has no such allowance.
+NOISE_FACTOR = 10.0
 TOLERANCES = {
     "float32": dict(loss=LOSS_TOL_F32, param=1e-4, grad=GRAD_TOL_F32),
     "float64": dict(loss=F64_TOL, param=F64_TOL, grad=F64_TOL),
@@ -145,12 +154,20 @@ class Report:
     self.worst = {}
     self.failures = []
 
-  def check(self, quantity: str, name: str, got, want, tol: float) -> None:
-    err = _rel(got, want)
+  def check(self, quantity: str, name: str, got, want, tol: float, noise=None) -> None:
+    """`noise`: the float32 torch reference's value of the same quantity, or None."""
+    self.check_err(quantity, name, _rel(got, want), tol,
+                   None if noise is None else _rel(noise, want))
+
+  def check_err(self, quantity: str, name: str, err: float, tol: float,
+                noise_err=None) -> None:
+    """Fails when err > max(tol, NOISE_FACTOR * noise_err) (see NOISE_FACTOR)."""
     if err > self.worst.get(quantity, (-1.0, ""))[0]:
       self.worst[quantity] = (err, name)
-    if not err <= tol:
-      self.failures.append(f"{quantity} {name}: rel err {err:.3e} > {tol:g}")
+    bound = tol if noise_err is None else max(tol, NOISE_FACTOR * noise_err)
+    if not err <= bound:
+      extra = "" if noise_err is None else f" (torch float32: {noise_err:.1e})"
+      self.failures.append(f"{quantity} {name}: rel err {err:.3e} > {bound:g}{extra}")
 
   def exact(self, quantity: str, name: str, got, want) -> None:
     if not np.array_equal(np.asarray(got), np.asarray(want)):
@@ -164,18 +181,27 @@ class Report:
     assert not self.failures, "\n".join([f"{title} (seed {self.seed})"] + self.failures)
 
 
-def _compare_params(rep: Report, kind: str, jax_arrays, torch_new, torch_old, tol) -> None:
+def _compare_params(rep: Report, kind: str, jax_arrays, torch_new, torch_old, tol,
+                    noise=None) -> None:
   """Updated parameters per tensor (torch names); tensors torch left untouched (frozen BN
-  affine, dead ASPP branches) must be bit-identical."""
+  affine, dead ASPP branches) must be bit-identical. `noise`: the float32 torch
+  reference's parameters (float32 runs only)."""
   assert set(jax_arrays) == set(torch_new), sorted(set(jax_arrays) ^ set(torch_new))
   for name, want in torch_new.items():
     got = jax_arrays[name]
-    rep.check(f"{kind} params", name, got, want, tol)
+    rep.check(f"{kind} params", name, got, want, tol, None if noise is None else noise[name])
     if np.array_equal(want, torch_old[name]):
       rep.exact(f"{kind} untouched", name, got, torch_old[name])
 
 
-def _compare_grad_state(rep: Report, kind: str, jax_arrays, torch_arrays, tol) -> None:
+def _whole_model_err(got, want) -> float:
+  num = max(float(np.abs(got[n] - w).max()) for n, w in want.items())
+  den = max(float(np.abs(w).max()) for w in want.values())
+  return num / den
+
+
+def _compare_grad_state(rep: Report, kind: str, jax_arrays, torch_arrays, tol,
+                        noise=None) -> None:
   """Optimiser state that is linear in the gradients (SGD momentum buffer = grad + wd * p
   accumulated; Adam's first/second moments): a precise view of the gradients, free of the
   float32 rounding of `p_new - p_old`. Parameters torch never had a gradient for (no state)
@@ -184,23 +210,19 @@ def _compare_grad_state(rep: Report, kind: str, jax_arrays, torch_arrays, tol) -
     if name not in torch_arrays:
       if np.any(got):
         rep.failures.append(f"{kind} {name}: non-zero state where torch has no gradient")
-  num = max(float(np.abs(jax_arrays[n] - w).max()) for n, w in torch_arrays.items())
-  den = max(float(np.abs(w).max()) for w in torch_arrays.values())
-  err = num / den
-  if err > rep.worst.get(kind, (-1.0, ""))[0]:
-    rep.worst[kind] = (err, "whole model")
-  if not err <= tol:
-    rep.failures.append(f"{kind}: rel err {err:.3e} > {tol:g}")
+  rep.check_err(kind, "whole model", _whole_model_err(jax_arrays, torch_arrays), tol,
+                None if noise is None else _whole_model_err(noise, torch_arrays))
   for name, want in torch_arrays.items():  # printed, not asserted (see GRAD_TOL_F32)
     rep.check(f"{kind} (per tensor)", name, jax_arrays[name], want, float("inf"))
 
 
-def _compare_losses(rep: Report, prefix: str, metrics, torch_losses, tol) -> None:
+def _compare_losses(rep: Report, prefix: str, metrics, torch_losses, tol,
+                    noise=None) -> None:
   for k, want in torch_losses.items():
     if k == "mask_T":
       continue
     rep.check(prefix + ("loss terms" if not k.startswith("semi/") else "semi mask ratio"), k,
-              float(metrics[k]), want, tol)
+              float(metrics[k]), want, tol, None if noise is None else noise[k])
 
 
 def _adam_moments(opt_state):
@@ -223,28 +245,31 @@ def _torch_snapshot(g, g_opt, ds):
 
 
 def _compare_states(rep: Report, prefix: str, tols, states, new, old, d_levels,
-                    iteration: int) -> None:
-  """JAX states after an iteration vs the torch snapshots after (`new`) / before (`old`)."""
+                    iteration: int, noise=None) -> None:
+  """JAX states after an iteration vs the torch snapshots after (`new`) / before (`old`);
+  `noise`: the float32 torch reference's snapshot after the iteration (float32 runs)."""
   it = f" it{iteration}"
+  nz = (lambda key: None) if noise is None else (lambda key: noise[key])
   _compare_params(rep, prefix + "G", ttr.flax_to_torch_arrays(jax.device_get(states.g.params)),
-                  new["G"], old["G"], tols["param"])
+                  new["G"], old["G"], tols["param"], nz("G"))
   _compare_grad_state(rep, prefix + "G grad (SGD momentum)" + it,
                       ttr.flax_to_torch_arrays(jax.device_get(states.g.opt_state.momentum)),
-                      new["G momentum"], tols["grad"])
+                      new["G momentum"], tols["grad"], nz("G momentum"))
   bs = ttr.flax_to_torch_arrays(jax.device_get(states.g.batch_stats), "batch_stats")
   for name, want in new["BN"].items():
-    rep.check(prefix + "BN running stats", name, bs[name], want, tols["param"])
+    rep.check(prefix + "BN running stats", name, bs[name], want, tols["param"],
+              None if noise is None else noise["BN"][name])
   d_params = jax.device_get(states.d.params)
   mu, nu = _adam_moments(states.d.opt_state)
   for level, name in d_levels:
     _compare_params(rep, prefix + name, ttr.flax_to_torch_arrays(d_params[level]), new[name],
-                    old[name], tols["param"])
+                    old[name], tols["param"], nz(name))
     _compare_grad_state(rep, f"{prefix}{name} grad (Adam m){it}",
                         ttr.flax_to_torch_arrays(mu[level]), new[f"{name} adam m"],
-                        tols["grad"])
+                        tols["grad"], nz(f"{name} adam m"))
     _compare_grad_state(rep, f"{prefix}{name} grad^2 (Adam v){it}",
                         ttr.flax_to_torch_arrays(nu[level]), new[f"{name} adam v"],
-                        tols["grad"])
+                        tols["grad"], nz(f"{name} adam v"))
 
 
 def _as_dtype(tree, dtype):
@@ -254,10 +279,13 @@ def _as_dtype(tree, dtype):
       else np.asarray(a), tree)
 
 
-def _jax_iterations_match(rep: Report, precision: str, make_config, ref, d_levels) -> None:
+def _jax_iterations_match(rep: Report, precision: str, make_config, ref, d_levels,
+                          ref32=None) -> None:
   """Runs the JAX step from the reference's initial weights on its batches, in `precision`
   ('float32' | 'float64': model, D, losses, optimiser states), and compares every iteration
-  with the reference at TOLERANCES[precision]. `make_config(dtype)` -> a validated config."""
+  with the reference at TOLERANCES[precision]. `make_config(dtype)` -> a validated config.
+  `ref32`: the same reference run in float32, whose distance to `ref` widens the float32
+  tolerances on ill-conditioned draws (NOISE_FACTOR)."""
   tols = TOLERANCES[precision]
   prefix = {"float32": "", "float64": "f64 "}[precision]
   np_dtype = {"float32": np.float32, "float64": np.float64}[precision]
@@ -271,8 +299,11 @@ def _jax_iterations_match(rep: Report, precision: str, make_config, ref, d_level
     hist, losses = ref["hist"], ref["losses"]
     for i, batch in enumerate(ref["batches"]):
       states, metrics = step(states, _as_dtype(batch, np_dtype), jax.random.key(i))
-      _compare_losses(rep, prefix, jax.device_get(metrics), losses[i], tols["loss"])
-      _compare_states(rep, prefix, tols, states, hist[i + 1], hist[i], d_levels, i)
+      noise_losses = None if ref32 is None else ref32["losses"][i]
+      noise = None if ref32 is None else ref32["hist"][i + 1]
+      _compare_losses(rep, prefix, jax.device_get(metrics), losses[i], tols["loss"],
+                      noise_losses)
+      _compare_states(rep, prefix, tols, states, hist[i + 1], hist[i], d_levels, i, noise)
 
 
 def _template(g_model, d_model, num_classes):
@@ -385,9 +416,10 @@ def test_advsemi_two_iterations_match_torch():
 
   make_config = lambda dtype: _config("advsemi", ADVSEMI_K, dtype, mask_T=mask_t,
                                      semi_start=semi_start, **ADVSEMI_HP)
+  ref32 = advsemi_torch(seed, semi_start, dtype=torch.float32, mask_t=mask_t)
   rep = Report(seed)
-  for precision in ("float32", "float64"):
-    _jax_iterations_match(rep, precision, make_config, ref, [("main", "D")])
+  _jax_iterations_match(rep, "float32", make_config, ref, [("main", "D")], ref32)
+  _jax_iterations_match(rep, "float64", make_config, ref, [("main", "D")])
   # The dead ASPP branches (2, 3) and BN affine are among the untouched tensors.
   dead = [n for n in hist[0]["G"] if n.startswith("layer5.conv2d_list.2")]
   assert dead and all(np.array_equal(hist[-1]["G"][n], hist[0]["G"][n]) for n in dead)
@@ -451,10 +483,11 @@ def test_adaptseg_multilevel_two_iterations_match_torch(gan):
   hist, losses = ref["hist"], ref["losses"]
   t_torch = time.time() - t0
   make_config = lambda dtype: _config("adaptseg", ADAPTSEG_K, dtype, gan=gan, **ADAPTSEG_HP)
+  ref32 = adaptseg_torch(seed, gan, dtype=torch.float32)
   rep = Report(seed)
-  for precision in ("float32", "float64"):
-    _jax_iterations_match(rep, precision, make_config, ref,
-                          [("aux", "D1 (aux)"), ("main", "D2 (main)")])
+  levels = [("aux", "D1 (aux)"), ("main", "D2 (main)")]
+  _jax_iterations_match(rep, "float32", make_config, ref, levels, ref32)
+  _jax_iterations_match(rep, "float64", make_config, ref, levels)
   for layer in ("layer5", "layer6"):
     dead = [n for n in hist[0]["G"] if n.startswith(f"{layer}.conv2d_list.3")]
     assert dead and all(np.array_equal(hist[-1]["G"][n], hist[0]["G"][n]) for n in dead)
