@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Tuple
 
-import jax
 import ml_collections
 
 from advseg_jax import methods
@@ -21,6 +20,7 @@ from advseg_jax.data import config as data_config
 from advseg_jax.models.layers import CONV_DX_IMPLS, POINTWISE_IMPLS
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
 from advseg_jax.models.resnet import RESNET_DEPTHS
+from advseg_jax.precision import needs_x64
 
 MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # [§6.5] IMG_MEAN, B, G, R, 0-255.
 
@@ -229,8 +229,7 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
   _check(g.bn_mode in ("batch_stats", "frozen"), "model.bn_mode", "'batch_stats' or 'frozen'",
          g.bn_mode)
   _check(g.dtype in DTYPES, "model.dtype", f"one of {sorted(DTYPES)}", g.dtype)
-  _check(g.dtype != "float64" or jax.config.jax_enable_x64, "model.dtype",
-         _X64_NOTE, g.dtype)
+  _check(not needs_x64(g.dtype), "model.dtype", _X64_NOTE, g.dtype)
   _check(g.get("pointwise_impl", "dot") in POINTWISE_IMPLS, "model.pointwise_impl",
          f"one of {POINTWISE_IMPLS}", g.get("pointwise_impl"))
   _check(g.get("conv_dx_impl", "auto") in CONV_DX_IMPLS, "model.conv_dx_impl",
@@ -284,7 +283,6 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
          "an accuracy in [0.5, 1]", c.diagnostics.d_collapse_accuracy)
   _check(isinstance(c.disc.ndf, int) and c.disc.ndf >= 1, "disc.ndf", "an int >= 1", c.disc.ndf)
   _check(c.disc.dtype in DTYPES, "disc.dtype", f"one of {sorted(DTYPES)}", c.disc.dtype)
-  _check(c.disc.dtype != "float64" or jax.config.jax_enable_x64, "disc.dtype",
-         _X64_NOTE, c.disc.dtype)
+  _check(not needs_x64(c.disc.dtype), "disc.dtype", _X64_NOTE, c.disc.dtype)
   _check(isinstance(c.seed, int), "seed", "an int", c.seed)
   _check(c.init.rule in INIT_RULES, "init.rule", f"one of {INIT_RULES}", c.init.rule)

@@ -37,10 +37,15 @@ def to_wide(x: jax.Array) -> jax.Array:
   return x.astype(wide_dtype(x.dtype))
 
 
+def needs_x64(dtype: Any) -> bool:
+  """True for a float64 `dtype` (or its name) while JAX runs without x64, where it would
+  silently compute in float32."""
+  return jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64
+
+
 def require_x64_for(dtype: Any, what: str) -> None:
-  """A clear error when a float64 `dtype` is asked for while JAX runs without x64 (it would
-  silently compute in float32)."""
-  if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+  """A clear error naming `what` where `needs_x64(dtype)`."""
+  if needs_x64(dtype):
     raise ValueError(f"{what}='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (or "
                      "jax.config.update('jax_enable_x64', True), or run inside "
                      "`with jax.enable_x64(True):`) before the model is built")
