@@ -189,7 +189,7 @@ def _compare_params(rep: Report, kind: str, jax_arrays, torch_new, torch_old, to
   assert set(jax_arrays) == set(torch_new), sorted(set(jax_arrays) ^ set(torch_new))
   for name, want in torch_new.items():
     got = jax_arrays[name]
-    rep.check(f"{kind} params", name, got, want, tol, None if noise is None else noise[name])
+    rep.check(f"{kind} params", name, got, want, tol, (noise or {}).get(name))
     if np.array_equal(want, torch_old[name]):
       rep.exact(f"{kind} untouched", name, got, torch_old[name])
 
@@ -222,7 +222,7 @@ def _compare_losses(rep: Report, prefix: str, metrics, torch_losses, tol,
     if k == "mask_T":
       continue
     rep.check(prefix + ("loss terms" if not k.startswith("semi/") else "semi mask ratio"), k,
-              float(metrics[k]), want, tol, None if noise is None else noise[k])
+              float(metrics[k]), want, tol, (noise or {}).get(k))
 
 
 def _adam_moments(opt_state):
@@ -249,27 +249,27 @@ def _compare_states(rep: Report, prefix: str, tols, states, new, old, d_levels,
   """JAX states after an iteration vs the torch snapshots after (`new`) / before (`old`);
   `noise`: the float32 torch reference's snapshot after the iteration (float32 runs)."""
   it = f" it{iteration}"
-  nz = (lambda key: None) if noise is None else (lambda key: noise[key])
+  noise = noise or {}
   _compare_params(rep, prefix + "G", ttr.flax_to_torch_arrays(jax.device_get(states.g.params)),
-                  new["G"], old["G"], tols["param"], nz("G"))
+                  new["G"], old["G"], tols["param"], noise.get("G"))
   _compare_grad_state(rep, prefix + "G grad (SGD momentum)" + it,
                       ttr.flax_to_torch_arrays(jax.device_get(states.g.opt_state.momentum)),
-                      new["G momentum"], tols["grad"], nz("G momentum"))
+                      new["G momentum"], tols["grad"], noise.get("G momentum"))
   bs = ttr.flax_to_torch_arrays(jax.device_get(states.g.batch_stats), "batch_stats")
   for name, want in new["BN"].items():
     rep.check(prefix + "BN running stats", name, bs[name], want, tols["param"],
-              None if noise is None else noise["BN"][name])
+              noise.get("BN", {}).get(name))
   d_params = jax.device_get(states.d.params)
   mu, nu = _adam_moments(states.d.opt_state)
   for level, name in d_levels:
     _compare_params(rep, prefix + name, ttr.flax_to_torch_arrays(d_params[level]), new[name],
-                    old[name], tols["param"], nz(name))
+                    old[name], tols["param"], noise.get(name))
     _compare_grad_state(rep, f"{prefix}{name} grad (Adam m){it}",
                         ttr.flax_to_torch_arrays(mu[level]), new[f"{name} adam m"],
-                        tols["grad"], nz(f"{name} adam m"))
+                        tols["grad"], noise.get(f"{name} adam m"))
     _compare_grad_state(rep, f"{prefix}{name} grad^2 (Adam v){it}",
                         ttr.flax_to_torch_arrays(nu[level]), new[f"{name} adam v"],
-                        tols["grad"], nz(f"{name} adam v"))
+                        tols["grad"], noise.get(f"{name} adam v"))
 
 
 def _as_dtype(tree, dtype):
@@ -299,11 +299,10 @@ def _jax_iterations_match(rep: Report, precision: str, make_config, ref, d_level
     hist, losses = ref["hist"], ref["losses"]
     for i, batch in enumerate(ref["batches"]):
       states, metrics = step(states, _as_dtype(batch, np_dtype), jax.random.key(i))
-      noise_losses = None if ref32 is None else ref32["losses"][i]
-      noise = None if ref32 is None else ref32["hist"][i + 1]
       _compare_losses(rep, prefix, jax.device_get(metrics), losses[i], tols["loss"],
-                      noise_losses)
-      _compare_states(rep, prefix, tols, states, hist[i + 1], hist[i], d_levels, i, noise)
+                      ref32 and ref32["losses"][i])
+      _compare_states(rep, prefix, tols, states, hist[i + 1], hist[i], d_levels, i,
+                      ref32 and ref32["hist"][i + 1])
 
 
 def _template(g_model, d_model, num_classes):
