@@ -50,6 +50,7 @@ ITEMS = ("g_state", "d_state", "meta", "data_iter")
 OPERATIONAL_FIELDS = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_max_examples",
     "num_steps_stop", "parallel.mode", "model.pointwise_impl", "model.conv_dx_impl",
+    "model.aspp_impl",
     "diagnostics.grad_norms", "diagnostics.d_wins_threshold", "diagnostics.d_wins_patience",
     "diagnostics.d_collapse_accuracy", "init.checkpoint", "init.rule", "init.d_checkpoint")
 OPERATIONAL_STREAM_FIELDS = ("data_dir", "manual_dir", "num_workers", "read_threads",

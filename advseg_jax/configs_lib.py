@@ -17,7 +17,7 @@ import ml_collections
 
 from advseg_jax import methods
 from advseg_jax.data import config as data_config
-from advseg_jax.models.layers import CONV_DX_IMPLS, POINTWISE_IMPLS
+from advseg_jax.models.layers import ASPP_IMPLS, CONV_DX_IMPLS, POINTWISE_IMPLS
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
 from advseg_jax.models.resnet import RESNET_DEPTHS
 from advseg_jax.precision import needs_x64
@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Input gradient of the bottlenecks' stride-1 3x3 convolutions: 'matmul' (a matrix product
   # + col2im), 'xla' (XLA's convolution backward) or 'auto' (matmul on CPU, xla elsewhere).
   c.model.conv_dx_impl = "auto"
+  # The ASPP head's dilated 3x3 convolutions: 'matmul' (one matrix product + shifted adds),
+  # 'conv' (one convolution per branch) or 'auto' (matmul on CPU, conv elsewhere).
+  c.model.aspp_impl = "auto"
 
   c.disc = ml_collections.ConfigDict()
   c.disc.arch = "fc"                # [§4.1]
@@ -234,6 +237,8 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
          f"one of {POINTWISE_IMPLS}", g.get("pointwise_impl"))
   _check(g.get("conv_dx_impl", "auto") in CONV_DX_IMPLS, "model.conv_dx_impl",
          f"one of {CONV_DX_IMPLS}", g.get("conv_dx_impl"))
+  _check(g.get("aspp_impl", "auto") in ASPP_IMPLS, "model.aspp_impl",
+         f"one of {ASPP_IMPLS}", g.get("aspp_impl"))
   _check(c.disc.arch in DISCRIMINATOR_ARCHS, "disc.arch", f"one of {DISCRIMINATOR_ARCHS}",
          c.disc.arch)
   _check((c.disc.arch == "image_label") == (m.name == "luc") or m.name == "supervised",

@@ -135,18 +135,20 @@ def test_config_differences():
   b.init.checkpoint = "x.pth"          # only used for a fresh start: ignored
   b.model.pointwise_impl = "conv"      # float rounding only: ignored
   b.model.conv_dx_impl = "xla"         # float rounding only: ignored
+  b.model.aspp_impl = "conv"           # float rounding only: ignored
   diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b))
   assert [d[0] for d in diffs] == ["data.crop_size", "method.lambda_adv"]
   # A workdir written before the field existed resumes too.
   old = ck.config_to_dict(a)
   del old["model"]["pointwise_impl"]
   del old["model"]["conv_dx_impl"]
+  del old["model"]["aspp_impl"]
   assert ck.config_differences(old, ck.config_to_dict(a)) == []
   assert ck.format_differences(diffs) == ("data.crop_size: [321, 321] -> [41, 41]; "
                                           "method.lambda_adv: 0.01 -> 0.5")
   all_diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b),
                                     include_operational=True)
-  assert len(all_diffs) == 7
+  assert len(all_diffs) == 8
 
 
 def _tiny_config():

@@ -143,6 +143,7 @@ def _demo():
     ("model.num_classes", 1, "an int >= 2"),
     ("model.bn_mode", "train", "'batch_stats' or 'frozen'"),
     ("model.aspp_branches_used", 5, "1..4"),
+    ("model.aspp_impl", "cudnn", "one of ('auto', 'matmul', 'conv')"),
     ("optim_g.lr", 0.0, "a number > 0"),
     ("optim_g.momentum", 1.0, "in [0, 1)"),
     ("optim_d.name", "rmsprop", "'adam' or 'sgd'"),

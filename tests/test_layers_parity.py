@@ -310,3 +310,104 @@ def test_conv3x3_matmul_dx_bfloat16_matches_xla():
   for impl in ("matmul", "xla"):
     err = rel_err(g_x(impl, jnp.bfloat16), want)
     assert err <= 2e-2, f"seed {seed}: {impl} bfloat16 d input rel err {err}"
+
+
+@pytest.mark.parametrize("size,dilations,cin", [
+    ((13, 13), (6, 12), 24),            # the originals' ASPP on a 97x97 crop: every tap live
+    ((9, 17), (6, 12, 18, 24), 16),     # corrected 4-branch ASPP: whole tap rows / columns dead
+    ((5, 30), (6, 12), 8),              # one side shorter than every dilation
+])
+def test_dilated_conv3x3_sum_equals_torch(size, dilations, cin):
+  """`dilated_conv3x3_sum` (one matrix product over the live taps + shifted adds, written-out
+  backward) == the sum of torch Conv2d(3, padding=d, dilation=d) over the branches, in value
+  and in input / weight gradients, also for taps that only read padding (their weight
+  gradient is exactly 0, as torch's is)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  rng, seed = fresh_rng()
+  cout = 5
+  x = rng.normal(0, 1, (2, cin) + size).astype(np.float32)
+  ws = rng.normal(0, 0.3, (len(dilations), cout, cin, 3, 3)).astype(np.float32)
+  up = rng.normal(0, 1, (2, cout) + size).astype(np.float32)
+  xt = torch.from_numpy(x).requires_grad_()
+  wt = torch.from_numpy(ws).requires_grad_()
+  yt = sum(F.conv2d(xt, wt[b], padding=d, dilation=d) for b, d in enumerate(dilations))
+  (yt * torch.from_numpy(up)).sum().backward()
+
+  kernels = jnp.asarray(ws.transpose(0, 3, 4, 2, 1))  # [B, 3, 3, Cin, Cout]
+  y, pull = jax.vjp(lambda x_, k_: layers.dilated_conv3x3_sum(x_, k_, tuple(dilations)),
+                    jnp.asarray(nchw_to_nhwc(x)), kernels)
+  g_x, g_k = pull(jnp.asarray(nchw_to_nhwc(up)))
+  for name, got, want in (("output", nhwc_to_nchw(np.asarray(y)), yt.detach().numpy()),
+                          ("d input", nhwc_to_nchw(np.asarray(g_x)), xt.grad.numpy()),
+                          ("d kernels", np.asarray(g_k).transpose(0, 4, 3, 1, 2),
+                           wt.grad.numpy())):
+    err = rel_err(got, want)
+    assert err <= TOL, f"seed {seed}: {size} {dilations} {name} rel err {err}"
+  live = set(layers.live_taps(*size, dilations))
+  for b in range(len(dilations)):
+    for i in range(3):
+      for j in range(3):
+        if (b, i, j) not in live:
+          assert float(jnp.max(jnp.abs(g_k[b, i, j]))) == 0.0
+          assert float(np.abs(wt.grad.numpy()[b, :, :, i, j]).max()) == 0.0
+
+
+def test_live_taps():
+  # 13x13 map: dilations 6 and 12 keep all nine taps, 18 and 24 only the centre.
+  assert len(layers.live_taps(13, 13, (6, 12, 18, 24))) == 9 + 9 + 1 + 1
+  # 9x17: dilation 12 loses its top / bottom rows (|12| >= 9) but keeps its columns.
+  assert [t[1:] for t in layers.live_taps(9, 17, (12,))] == [(1, 0), (1, 1), (1, 2)]
+  assert layers.live_taps(41, 41, (6, 12, 18, 24)) == tuple(
+      (b, i, j) for b in range(4) for i in range(3) for j in range(3))
+
+
+@pytest.mark.parametrize("branches", [1, 2, 4])
+def test_aspp_impls_give_the_same_classifier(branches):
+  """`ASPPClassifier(impl='matmul')` has the variable tree and initial values of
+  `impl='conv'` (checkpoints interchangeable) and equal outputs and gradients (the dead
+  branches' gradients are 0 in both)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models.aspp import ASPPClassifier  # pylint: disable=import-outside-toplevel
+  rng, seed = fresh_rng()
+  x = jnp.asarray(rng.normal(0, 1, (2, 13, 11, 32)), jnp.float32)
+  mods = {impl: ASPPClassifier(7, branches_used=branches, impl=impl)
+          for impl in ("conv", "matmul")}
+  inits = {k: m.init(jax.random.key(seed % 2**31), x) for k, m in mods.items()}
+  assert jax.tree_util.tree_structure(inits["conv"]) == jax.tree_util.tree_structure(
+      inits["matmul"])
+  for a, b in zip(jax.tree_util.tree_leaves(inits["conv"]),
+                  jax.tree_util.tree_leaves(inits["matmul"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  variables = inits["conv"]
+  up = jnp.asarray(rng.normal(0, 1, (2, 13, 11, 7)), jnp.float32)
+  res = {}
+  for k, m in mods.items():
+    y, pull = jax.vjp(lambda v, x_, m=m: m.apply(v, x_), variables, x)
+    res[k] = (y,) + pull(up)
+  flat = {k: jax.tree_util.tree_leaves(v) for k, v in res.items()}
+  for a, b in zip(flat["conv"], flat["matmul"]):
+    assert a.shape == b.shape
+    if float(jnp.max(jnp.abs(a))) == 0.0:
+      assert float(jnp.max(jnp.abs(b))) == 0.0  # a dead branch
+    else:
+      assert rel_err(np.asarray(b), np.asarray(a)) <= TOL, seed
+
+
+def test_aspp_impl_resolution_and_bfloat16():
+  import jax  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models.aspp import ASPPClassifier  # pylint: disable=import-outside-toplevel
+  assert layers.resolve_aspp_impl("auto") == (
+      "matmul" if jax.default_backend() == "cpu" else "conv")
+  with pytest.raises(ValueError, match="aspp_impl"):
+    layers.resolve_aspp_impl("cudnn")
+  # bfloat16: both implementations within 2e-2 of the float32 logits.
+  rng, seed = fresh_rng()
+  x = jnp.asarray(rng.normal(0, 1, (1, 13, 13, 64)), jnp.float32)
+  variables = ASPPClassifier(5).init(jax.random.key(0), x)
+  want = np.asarray(ASPPClassifier(5, impl="conv").apply(variables, x))
+  for impl in ("conv", "matmul"):
+    got = ASPPClassifier(5, impl=impl, dtype=jnp.bfloat16).apply(variables,
+                                                                 x.astype(jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    err = rel_err(np.asarray(got.astype(jnp.float32)), want)
+    assert err <= 2e-2, f"seed {seed}: {impl} bfloat16 rel err {err}"

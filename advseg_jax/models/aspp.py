@@ -7,6 +7,11 @@ contribute: `branches_used=2` reproduces that, `branches_used=4` is the correcte
 All four convs always exist (they are in every state_dict).
 
 Parameters: `conv{i}/kernel` [3,3,in,C], `conv{i}/bias` [C]  <- `conv2d_list.{i}.{weight,bias}`.
+
+`impl='matmul'` computes the used branches together as one matrix product and shifted adds
+(`layers.dilated_conv3x3_sum`, same variables and values up to float rounding): XLA:CPU runs
+these 2048 -> 21 channel convolutions far below its matrix-product rate. 'conv' uses one
+convolution per branch; 'auto' is matmul on CPU and conv elsewhere.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from advseg_jax.models import layers
+from advseg_jax.precision import wide_dtype
 
 ASPP_DILATIONS = (6, 12, 18, 24)
 
@@ -28,6 +34,7 @@ class ASPPClassifier(nn.Module):
   dilations: Sequence[int] = ASPP_DILATIONS
   branches_used: int = 2
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -35,6 +42,8 @@ class ASPPClassifier(nn.Module):
       raise ValueError(f"aspp_branches_used must be in 1..{len(self.dilations)}, "
                        f"got {self.branches_used}")
     in_features = x.shape[-1]
+    if layers.resolve_aspp_impl(self.impl) == "matmul":
+      return self._as_matmul(x)
     out = None
     for i, d in enumerate(self.dilations):
       branch = layers.conv(self.num_classes, 3, padding=d, dilation=d, use_bias=True,
@@ -45,3 +54,34 @@ class ASPPClassifier(nn.Module):
       elif self.is_initializing():
         branch(x)  # Create the dead branches' parameters without using them.
     return out
+
+  def _as_matmul(self, x: jax.Array) -> jax.Array:
+    """The used branches as one `layers.dilated_conv3x3_sum`, plus their biases."""
+    in_features = x.shape[-1]
+    params = [BranchParams(self.num_classes, in_features, self.dtype, name=f"conv{i}")()
+              for i in range(len(self.dilations))]  # every branch's variables, used or not
+    used = range(self.branches_used)
+    dtype = self.dtype or jnp.result_type(x, jnp.float32)
+    kernels = jnp.stack([params[i][0] for i in used]).astype(dtype)
+    out = layers.dilated_conv3x3_sum(x.astype(dtype), kernels,
+                                     tuple(int(self.dilations[i]) for i in used))
+    bias = sum(params[i][1] for i in used)
+    return (out + bias).astype(dtype)
+
+
+class BranchParams(nn.Module):
+  """The variables of one ASPP branch, exactly as `layers.conv(..., use_bias=True)` makes
+  them (`kernel` [3, 3, Cin, C] N(0, 0.01), `bias` [C] PyTorch's default init): returns
+  `(kernel, bias)`."""
+  features: int
+  in_features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    wide = wide_dtype(self.dtype)
+    kernel = self.param("kernel", layers.normal_init(0.01),
+                        (3, 3, self.in_features, self.features), wide)
+    bias = self.param("bias", layers.torch_default_bias_init(self.in_features * 9),
+                      (self.features,), wide)
+    return kernel, bias

@@ -63,6 +63,9 @@ class DeepLabV2(nn.Module):
     conv_dx_impl: input gradient of the bottlenecks' stride-1 3x3 convolutions: 'matmul'
       (`layers.Conv3x3MatmulDx`: a matrix product + col2im, same variables, faster on
       XLA:CPU), 'xla' (XLA's convolution backward), 'auto' (matmul on CPU, else xla).
+    aspp_impl: how the ASPP head's dilated 3x3 convolutions are computed: 'matmul' (one
+      matrix product + shifted adds, `layers.dilated_conv3x3_sum`: same variables, faster
+      on XLA:CPU), 'conv' (one convolution per branch), 'auto' (matmul on CPU, else conv).
   """
   num_classes: int
   multi_level: bool = False
@@ -76,6 +79,7 @@ class DeepLabV2(nn.Module):
   dtype: Any = jnp.float32
   pointwise_impl: str = "dot"
   conv_dx_impl: str = "auto"
+  aspp_impl: str = "auto"
 
   def _layer(self, idx: int, planes: int, stride: int, dilation: int) -> ResLayer:
     return ResLayer(planes=planes, blocks=self.depths[idx], stride=stride, dilation=dilation,
@@ -86,7 +90,8 @@ class DeepLabV2(nn.Module):
 
   def _classifier(self, name: str) -> ASPPClassifier:
     return ASPPClassifier(num_classes=self.num_classes, dilations=tuple(self.aspp_dilations),
-                          branches_used=self.aspp_branches_used, dtype=self.dtype, name=name)
+                          branches_used=self.aspp_branches_used, dtype=self.dtype,
+                          impl=self.aspp_impl, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Logits:

@@ -14,6 +14,8 @@ originals bit-for-bit up to float rounding (see tests/test_layers_parity.py):
                                     train-mode BN and a stride-1 3x3 conv with hand-written
                                     backward passes (same values as autodiff up to float
                                     rounding, faster on XLA:CPU);
+* `dilated_conv3x3_sum`          -- the ASPP head's sum of dilated 3x3 convs as one matrix
+                                    product and shifted adds (idem);
 * initialisers matching PyTorch's defaults and the originals' `normal_(0, 0.01)`.
 """
 
@@ -130,15 +132,26 @@ class PointwiseConv(nn.Module):
 
 
 CONV_DX_IMPLS = ("auto", "matmul", "xla")
+ASPP_IMPLS = ("auto", "matmul", "conv")
+
+
+def _resolve_impl(field: str, impl: str, impls: Sequence[str]) -> str:
+  """`impl` from `impls` = ('auto', <the CPU choice>, <the other backends' choice>)."""
+  if impl not in impls:
+    raise ValueError(f"{field} must be one of {tuple(impls)}, got {impl!r}")
+  if impl == "auto":
+    return impls[1] if jax.default_backend() == "cpu" else impls[2]
+  return impl
 
 
 def resolve_conv_dx_impl(impl: str) -> str:
   """'auto' -> 'matmul' on CPU (measured faster there), 'xla' on other backends."""
-  if impl not in CONV_DX_IMPLS:
-    raise ValueError(f"conv_dx_impl must be one of {CONV_DX_IMPLS}, got {impl!r}")
-  if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
-  return impl
+  return _resolve_impl("conv_dx_impl", impl, CONV_DX_IMPLS)
+
+
+def resolve_aspp_impl(impl: str) -> str:
+  """'auto' -> 'matmul' on CPU (measured faster there), 'conv' on other backends."""
+  return _resolve_impl("aspp_impl", impl, ASPP_IMPLS)
 
 
 def _conv3x3(x, w, dilation):
@@ -205,6 +218,87 @@ class Conv3x3MatmulDx(nn.Module):
                         wide_dtype(self.dtype))
     dtype = self.dtype or jnp.result_type(x, jnp.float32)
     return conv3x3_matmul_dx(x.astype(dtype), kernel.astype(dtype), self.dilation)
+
+
+def _shift(x: jax.Array, dh: int, dw: int) -> jax.Array:
+  """[N, H, W, ...] -> same shape, `out[n, h, w] = x[n, h + dh, w + dw]` (0 outside)."""
+  zero = jnp.zeros((), x.dtype)
+  config = [(0, 0, 0), (-dh, dh, 0), (-dw, dw, 0)] + [(0, 0, 0)] * (x.ndim - 3)
+  return lax.pad(x, zero, config)
+
+
+def live_taps(height: int, width: int, dilations: Sequence[int]) -> Tuple[Tuple[int, int, int], ...]:
+  """(branch, row, column) of the 3x3 taps of dilated convolutions (padding = dilation)
+  that read at least one input pixel of an `height` x `width` map: a tap at offset
+  ((row - 1) d, (col - 1) d) with |offset| >= the map's side reads only zero padding."""
+  return tuple((b, i, j) for b, d in enumerate(dilations) for i in range(3) for j in range(3)
+               if abs((i - 1) * d) < height and abs((j - 1) * d) < width)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dilated_conv3x3_sum(x: jax.Array, kernels: jax.Array, dilations: Tuple[int, ...]) -> jax.Array:
+  """Sum over branches b of `nn.Conv2d(Cin, C, 3, padding=d_b, dilation=d_b, bias=False)`,
+  computed as one matrix product and shifted adds (the ASPP head without its biases).
+
+  x: [N, H, W, Cin]; kernels: [B, 3, 3, Cin, C] (HWIO per branch); dilations: B ints.
+  Returns [N, H, W, C] in the wide dtype (float32; float64 for float64 inputs).
+
+  Forward: cols = x_rows [N*H*W, Cin] x [Cin, T*C] over the T taps that read any input
+  (`live_taps`: with dilation 12 on a 13x13 map 9 of 9, with 18 or 24 only the centre tap),
+  then out[p] = sum_t cols_t[p + offset_t]. Backward (written out):
+      g_cols_t[q] = g[q - offset_t],  d x = g_cols x kernels_T^T,  d kernels_T = x_rows^T g_cols.
+  XLA:CPU runs these 2048 -> 21 channel convolutions at about 20 GFLOP/s, forward and
+  backward; as products they run at the matrix-product rate (benchmarks/RESULTS.md).
+  Values equal the convolutions' up to float rounding.
+  """
+  return _dilated_conv3x3_sum_fwd(x, kernels, dilations)[0]
+
+
+def _tap_kernel_matrix(kernels, taps):
+  """[B, 3, 3, Cin, C] -> [Cin, T * C], the live taps' kernels side by side."""
+  mats = jnp.stack([kernels[b, i, j] for b, i, j in taps], axis=1)  # [Cin, T, C]
+  return mats.reshape(mats.shape[0], -1)
+
+
+def _tap_offsets(taps, dilations):
+  return [((i - 1) * dilations[b], (j - 1) * dilations[b]) for b, i, j in taps]
+
+
+def _dilated_conv3x3_sum_fwd(x, kernels, dilations):
+  n, h, w, _ = x.shape
+  c = kernels.shape[-1]
+  taps = live_taps(h, w, dilations)
+  wide = wide_dtype(x.dtype)
+  mat = _tap_kernel_matrix(kernels, taps).astype(x.dtype)
+  cols = lax.dot_general(x, mat, (((3,), (0,)), ((), ())),
+                         preferred_element_type=wide).reshape(n, h, w, len(taps), c)
+  out = None
+  for t, (dh, dw) in enumerate(_tap_offsets(taps, dilations)):
+    slab = _shift(cols[:, :, :, t], dh, dw)
+    out = slab if out is None else out + slab
+  return out, (x, kernels)
+
+
+def _dilated_conv3x3_sum_bwd(dilations, residuals, g):
+  x, kernels = residuals
+  n, h, w, cin = x.shape
+  taps = live_taps(h, w, dilations)
+  g = g.astype(wide_dtype(x.dtype))
+  g_cols = jnp.stack([_shift(g, -dh, -dw) for dh, dw in _tap_offsets(taps, dilations)],
+                     axis=3).reshape(n * h * w, -1).astype(x.dtype)  # [M, T * C]
+  mat = _tap_kernel_matrix(kernels, taps).astype(x.dtype)
+  g_x = lax.dot_general(g_cols, mat, (((1,), (1,)), ((), ())),
+                        preferred_element_type=wide_dtype(x.dtype)).reshape(x.shape)
+  g_mat = lax.dot_general(x.reshape(-1, cin), g_cols, (((0,), (0,)), ((), ())),
+                          preferred_element_type=wide_dtype(x.dtype))  # [Cin, T * C]
+  g_mat = g_mat.reshape(cin, len(taps), -1)
+  g_k = jnp.zeros(kernels.shape, g_mat.dtype)
+  for t, (b, i, j) in enumerate(taps):
+    g_k = g_k.at[b, i, j].set(g_mat[:, t])
+  return g_x.astype(x.dtype), g_k.astype(kernels.dtype)
+
+
+dilated_conv3x3_sum.defvjp(_dilated_conv3x3_sum_fwd, _dilated_conv3x3_sum_bwd)
 
 
 def conv(features: int,

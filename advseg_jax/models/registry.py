@@ -85,6 +85,7 @@ def build_generator(spec: Any, *, bn_axis_name: str | None = None) -> DeepLabV2:
       dtype=resolve_dtype(_get(spec, "dtype", "float32"), "model.dtype"),
       pointwise_impl=str(_get(spec, "pointwise_impl", "dot")),
       conv_dx_impl=str(_get(spec, "conv_dx_impl", "auto")),
+      aspp_impl=str(_get(spec, "aspp_impl", "auto")),
   )
 
 
