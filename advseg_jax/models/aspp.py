@@ -43,7 +43,7 @@ class ASPPClassifier(nn.Module):
                        f"got {self.branches_used}")
     in_features = x.shape[-1]
     if layers.resolve_aspp_impl(self.impl) == "matmul":
-      return self._as_matmul(x)
+      return self._as_matmul(x, in_features)
     out = None
     for i, d in enumerate(self.dilations):
       branch = layers.conv(self.num_classes, 3, padding=d, dilation=d, use_bias=True,
@@ -55,9 +55,8 @@ class ASPPClassifier(nn.Module):
         branch(x)  # Create the dead branches' parameters without using them.
     return out
 
-  def _as_matmul(self, x: jax.Array) -> jax.Array:
+  def _as_matmul(self, x: jax.Array, in_features: int) -> jax.Array:
     """The used branches as one `layers.dilated_conv3x3_sum`, plus their biases."""
-    in_features = x.shape[-1]
     params = [BranchParams(self.num_classes, in_features, self.dtype, name=f"conv{i}")()
               for i in range(len(self.dilations))]  # every branch's variables, used or not
     used = range(self.branches_used)

@@ -154,6 +154,23 @@ def resolve_aspp_impl(impl: str) -> str:
   return _resolve_impl("aspp_impl", impl, ASPP_IMPLS)
 
 
+def _shift(x: jax.Array, dh: int, dw: int) -> jax.Array:
+  """[N, H, W, ...] -> same shape, `out[n, h, w] = x[n, h + dh, w + dw]` (0 outside)."""
+  zero = jnp.zeros((), x.dtype)
+  config = [(0, 0, 0), (-dh, dh, 0), (-dw, dw, 0)] + [(0, 0, 0)] * (x.ndim - 3)
+  return lax.pad(x, zero, config)
+
+
+def _shifted_sum(cols: jax.Array, offsets: Sequence[Tuple[int, int]]) -> jax.Array:
+  """cols [N, H, W, T, C] -> [N, H, W, C]: `out[p] = sum_t cols[p + offsets[t], t]` (0 where
+  p + offset falls outside the map), summed in tap order."""
+  out = None
+  for t, (dh, dw) in enumerate(offsets):
+    slab = _shift(cols[:, :, :, t], dh, dw)
+    out = slab if out is None else out + slab
+  return out
+
+
 def _conv3x3(x, w, dilation):
   d = dilation
   return lax.conv_general_dilated(x, w, (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
@@ -189,13 +206,7 @@ def _conv3x3_matmul_dx_bwd(dilation, residuals, g):
   # The nine-tap sum runs in float32 (as a convolution accumulates) also for bfloat16 inputs.
   cols = lax.dot_general(g, w.reshape(9 * cin, -1).astype(g.dtype), (((3,), (1,)), ((), ())),
                          preferred_element_type=wide_dtype(g.dtype)).reshape(n, h, wd, 9, cin)
-  g_x = None
-  for k in range(9):
-    i, j = divmod(k, 3)
-    slab = lax.pad(cols[:, :, :, k], jnp.zeros((), cols.dtype),
-                   ((0, 0, 0), (i * d, (2 - i) * d, 0), (j * d, (2 - j) * d, 0), (0, 0, 0)))
-    g_x = slab if g_x is None else g_x + slab
-  g_x = g_x[:, d:d + h, d:d + wd]
+  g_x = _shifted_sum(cols, [(-(i - 1) * d, -(j - 1) * d) for i in range(3) for j in range(3)])
   (g_w,) = jax.vjp(lambda w_: _conv3x3(x, w_, d), w)[1](g)
   return g_x.astype(x.dtype), g_w.astype(w.dtype)
 
@@ -218,13 +229,6 @@ class Conv3x3MatmulDx(nn.Module):
                         wide_dtype(self.dtype))
     dtype = self.dtype or jnp.result_type(x, jnp.float32)
     return conv3x3_matmul_dx(x.astype(dtype), kernel.astype(dtype), self.dilation)
-
-
-def _shift(x: jax.Array, dh: int, dw: int) -> jax.Array:
-  """[N, H, W, ...] -> same shape, `out[n, h, w] = x[n, h + dh, w + dw]` (0 outside)."""
-  zero = jnp.zeros((), x.dtype)
-  config = [(0, 0, 0), (-dh, dh, 0), (-dw, dw, 0)] + [(0, 0, 0)] * (x.ndim - 3)
-  return lax.pad(x, zero, config)
 
 
 def live_taps(height: int, width: int, dilations: Sequence[int]) -> Tuple[Tuple[int, int, int], ...]:
@@ -272,21 +276,16 @@ def _dilated_conv3x3_sum_fwd(x, kernels, dilations):
   mat = _tap_kernel_matrix(kernels, taps).astype(x.dtype)
   cols = lax.dot_general(x, mat, (((3,), (0,)), ((), ())),
                          preferred_element_type=wide).reshape(n, h, w, len(taps), c)
-  out = None
-  for t, (dh, dw) in enumerate(_tap_offsets(taps, dilations)):
-    slab = _shift(cols[:, :, :, t], dh, dw)
-    out = slab if out is None else out + slab
-  return out, (x, kernels)
+  return _shifted_sum(cols, _tap_offsets(taps, dilations)), (x, kernels, mat)
 
 
 def _dilated_conv3x3_sum_bwd(dilations, residuals, g):
-  x, kernels = residuals
+  x, kernels, mat = residuals
   n, h, w, cin = x.shape
   taps = live_taps(h, w, dilations)
   g = g.astype(wide_dtype(x.dtype))
   g_cols = jnp.stack([_shift(g, -dh, -dw) for dh, dw in _tap_offsets(taps, dilations)],
                      axis=3).reshape(n * h * w, -1).astype(x.dtype)  # [M, T * C]
-  mat = _tap_kernel_matrix(kernels, taps).astype(x.dtype)
   g_x = lax.dot_general(g_cols, mat, (((1,), (1,)), ((), ())),
                         preferred_element_type=wide_dtype(x.dtype)).reshape(x.shape)
   g_mat = lax.dot_general(x.reshape(-1, cin), g_cols, (((0,), (0,)), ((), ())),
