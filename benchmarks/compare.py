@@ -192,6 +192,9 @@ def parse_args(argv=None):
   p.add_argument("--conv_dx_impl", default="auto", choices=("auto", "matmul", "xla"),
                  help="JAX side: config.model.conv_dx_impl (input gradient of the 3x3 "
                       "convolutions as a matrix product, XLA's, or auto by backend).")
+  p.add_argument("--aspp_impl", default="auto", choices=("auto", "matmul", "conv"),
+                 help="JAX side: config.model.aspp_impl (the ASPP head's dilated 3x3 branches "
+                      "as one matrix product, as convolutions, or auto by backend).")
   p.add_argument("--parallel", default="auto", help="JAX binding: auto | jit | pmap | shard_map.")
   p.add_argument("--warmup", type=int, default=2, help="untimed iterations after the first.")
   p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported).")
@@ -247,7 +250,7 @@ def main(argv=None) -> None:
     machine["loadavg_start"] = machine.pop("loadavg")
     jax_results, torch_results = [], []
     jax_impl = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl,
-                "--conv_dx_impl", args.conv_dx_impl]
+                "--conv_dx_impl", args.conv_dx_impl, "--aspp_impl", args.aspp_impl]
     jax_extra = list(jax_impl)
     if args.xla_flags:
       jax_extra += [f"--xla_flags={args.xla_flags}"]

@@ -185,7 +185,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
       "donate": case["donate"], "jax": jax.__version__, "cpus": pinned,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "pointwise_impl": case["pointwise_impl"], "conv_dx_impl": case["conv_dx_impl"],
-      "host_malloc": malloc,
+      "aspp_impl": case["aspp_impl"], "host_malloc": malloc,
   }
   import flax  # pylint: disable=import-outside-toplevel
   res["flax"] = flax.__version__
@@ -194,6 +194,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
                      shape.batch * par.num_devices, mode, par.num_devices)
   cfg.model.pointwise_impl = case["pointwise_impl"]
   cfg.model.conv_dx_impl = case["conv_dx_impl"]
+  cfg.model.aspp_impl = case["aspp_impl"]
   g_model = build_generator(cfg.model, bn_axis_name=par.axis_name)
   d_model = None if method == "supervised" else build_discriminator(cfg.disc)
   states = create_train_states(cfg, g_model, d_model, jax.random.key(cfg.seed))
@@ -331,7 +332,7 @@ def make_cases(args) -> List[Dict[str, Any]]:
           "cache_dir": args.compilation_cache, "xla_flags": args.xla_flags,
           "preset": args.preset, "cpus": args.cpus, "pointwise_impl": args.pointwise_impl,
           "host_malloc": args.host_malloc,
-          "conv_dx_impl": args.conv_dx_impl,
+          "conv_dx_impl": args.conv_dx_impl, "aspp_impl": args.aspp_impl,
       })
   return cases
 
@@ -389,6 +390,10 @@ def parse_args(argv=None):
                  help="config.model.conv_dx_impl: input gradient of the bottlenecks' 3x3 "
                       "convolutions as a matrix product + col2im (matmul), XLA's "
                       "convolution backward (xla), or auto (matmul on CPU, xla elsewhere).")
+  p.add_argument("--aspp_impl", default="auto", choices=("auto", "matmul", "conv"),
+                 help="config.model.aspp_impl: the ASPP head's dilated 3x3 branches as one "
+                      "matrix product + shifted adds (matmul), as XLA convolutions (conv), or "
+                      "auto (matmul on CPU, conv elsewhere).")
   p.add_argument("--num_classes", type=int, default=None,
                  help="classes (default 21 for supervised/advsemi, 19 for adaptseg).")
   p.add_argument("--batch", type=int, default=None,
