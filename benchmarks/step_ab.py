@@ -17,9 +17,27 @@ the baseline of the speed-up column.
   python benchmarks/step_ab.py --method advsemi --variant base= \\
       --variant bf16=model.dtype=bfloat16,disc.dtype=bfloat16 --calls 30
 
+`--torch eager[,channels_last,...]` adds torch_step.py's PyTorch iteration of the same method,
+shape and precision (autocast for bfloat16) to the rotation, one run per PyTorch variant,
+labelled `torch-VARIANT`. With it one `--variant` is enough, and the table is followed by the
+JAX / PyTorch speed-up of every JAX variant against every PyTorch one: the ratio of the
+medians, and the median (p25-p75) of the per-round ratios, each JAX call against the PyTorch
+call of the same round. That pairing cancels the machine's drift, which between separate
+processes (compare.py) is as large as the difference measured:
+
+  python benchmarks/step_ab.py --method supervised --depth resnet101 --cpus 2 --calls 30 \
+      --variant jax= --torch eager
+
+Both frameworks then share the process and its CPUs. Between calls each one's threads wait
+idle (PyTorch's OpenMP threads spin for a moment after each parallel region first), so a call
+runs with the other framework's threads asleep, as it would alone; pin with --cpus so that
+both size their thread pools alike.
+
 Every variant keeps its own train states (about 0.7 GB for ResNet-101 with momentum), so
 memory grows with the number of variants. Timing: each call is one full iteration closed by
-`jax.block_until_ready` on the new states, like step_throughput.py with --iters 1.
+`jax.block_until_ready` on the new states (PyTorch: the step returns after its optimiser
+steps; on a GPU it is followed by `torch.cuda.synchronize()`), like step_throughput.py with
+--iters 1.
 """
 
 from __future__ import annotations
@@ -40,6 +58,7 @@ for _p in (_HERE, _ROOT):
 
 import _common as C  # noqa: E402
 import step_throughput  # noqa: E402
+import torch_step  # noqa: E402  (imports torch only when a PyTorch step is built)
 
 Override = Tuple[str, str]
 
@@ -97,8 +116,15 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n\n", 1)[1])
   p.add_argument("--variant", action="append", required=True,
-                 help="LABEL=FIELD=VALUE[,FIELD=VALUE...] (repeat; at least two). The first "
-                      "is the baseline.")
+                 help="LABEL=FIELD=VALUE[,FIELD=VALUE...] (repeat; at least two, or one with "
+                      "--torch). The first is the baseline.")
+  p.add_argument("--torch", default="",
+                 help="comma-separated PyTorch variants of torch_step.py "
+                      f"({', '.join(torch_step.VARIANTS)}) to run in the same rotation, "
+                      "e.g. --torch eager; adds the JAX / PyTorch speed-up table.")
+  p.add_argument("--torch_losses", default="reference", choices=("reference", "fused"),
+                 help="PyTorch losses, as torch_step.py --losses (default reference: the "
+                      "originals' loss classes).")
   p.add_argument("--method", default="supervised", choices=sorted(C.NUM_CLASSES),
                  help="training method (default supervised).")
   p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
@@ -122,9 +148,13 @@ def parse_args(argv=None):
     variants = [parse_variant(v) for v in args.variant]
   except ValueError as e:
     p.error(str(e))
-  labels = [label for label, _ in variants]
-  if len(variants) < 2:
-    p.error("give at least two --variant")
+  args.torch = [v for v in args.torch.split(",") if v]
+  for v in args.torch:
+    if v not in torch_step.VARIANTS:
+      p.error(f"--torch: unknown PyTorch variant {v!r}; choose from {torch_step.VARIANTS}")
+  labels = [label for label, _ in variants] + [f"torch-{v}" for v in args.torch]
+  if len(labels) < 2:
+    p.error("give at least two --variant, or one --variant and --torch")
   if len(set(labels)) != len(labels):
     p.error(f"variant labels must differ, got {labels}")
   if args.calls < 1 or args.warmup < 0:
@@ -138,6 +168,31 @@ def summarise(label: str, overrides: Sequence[Override], wall_ms: Sequence[float
   return {"variant": label, "overrides": dict(overrides), "compile_s": compile_s,
           "ms_median": statistics.median(wall_ms), "ms_p25": q[0], "ms_p75": q[2],
           "cpu_ms_median": statistics.median(cpu_ms), "ms_all": [round(x, 2) for x in wall_ms]}
+
+
+def paired_speedups(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """JAX / PyTorch speed-up of every JAX result against every PyTorch result ('side')."""
+  out = []
+  for j in (r for r in results if r.get("side", "jax") == "jax"):
+    for t in (r for r in results if r.get("side") == "torch"):
+      ratios = [tm / jm for jm, tm in zip(j["ms_all"], t["ms_all"])]
+      q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+      out.append({"jax": j["variant"], "torch": t["variant"],
+                  "speedup_of_medians": t["ms_median"] / j["ms_median"],
+                  "speedup_paired_median": statistics.median(ratios),
+                  "speedup_paired_p25": q[0], "speedup_paired_p75": q[2],
+                  "cpu_ratio": t["cpu_ms_median"] / j["cpu_ms_median"]})
+  return out
+
+
+def speedup_table(pairs: Sequence[Dict[str, Any]]) -> str:
+  rows = [[p["jax"], p["torch"], f"{p['speedup_of_medians']:.3f}x",
+           f"{p['speedup_paired_median']:.3f}x",
+           f"{p['speedup_paired_p25']:.3f}-{p['speedup_paired_p75']:.3f}x",
+           f"{p['cpu_ratio']:.3f}x"] for p in pairs]
+  return C.markdown_table(["JAX variant", "PyTorch variant", "JAX speed-up (medians)",
+                           "per-round speed-up, median", "per-round p25-p75",
+                           "CPU time PyTorch / JAX"], rows)
 
 
 def table(results: Sequence[Dict[str, Any]]) -> str:
@@ -202,30 +257,85 @@ def main(argv=None) -> List[Dict[str, Any]]:
       states, _ = compiled(states, batch, rng)
     jax.block_until_ready(states)
     print(f"# {label}: compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
-    runs.append({"label": label, "overrides": overrides, "fn": compiled, "states": states,
-                 "compile_s": compile_s, "wall": [], "cpu": []})
+    runs.append({"label": label, "overrides": overrides, "call": _jax_call(compiled, states,
+                                                                           batch, rng),
+                 "compile_s": compile_s, "wall": [], "cpu": [], "side": "jax"})
+  if args.torch:
+    runs += _torch_runs(args, shape, depth_name, depth, num_classes, pinned)
   for i in range(args.calls):
     for run in (runs if i % 2 == 0 else runs[::-1]):
       c0, t0 = time.process_time(), time.perf_counter()
-      run["states"], _ = run["fn"](run["states"], batch, rng)
-      jax.block_until_ready(run["states"])
+      run["call"]()
       run["wall"].append((time.perf_counter() - t0) * 1e3)
       run["cpu"].append((time.process_time() - c0) * 1e3)
     if (i + 1) % 5 == 0 or i + 1 == args.calls:
       print(f"# round {i + 1}/{args.calls}", file=sys.stderr, flush=True)
-  results = [summarise(r["label"], r["overrides"], r["wall"], r["cpu"], r["compile_s"])
-             for r in runs]
-  for r in results:
-    r.update(method=args.method, shape=shape.label(), depth=depth_name,
-             precision=args.precision, host_malloc=malloc, cpus=pinned, jax=jax.__version__)
+  results = []
+  for r in runs:
+    res = summarise(r["label"], r["overrides"], r["wall"], r["cpu"], r["compile_s"])
+    res.update(side=r["side"], method=args.method, shape=shape.label(), depth=depth_name,
+               precision=args.precision, host_malloc=malloc, cpus=pinned)
+    res.update({"jax": jax.__version__} if r["side"] == "jax" else r["versions"])
+    results.append(res)
+  pairs = paired_speedups(results)
   machine = C.machine_info()
   print(f"# {machine.get('date', '')}, {machine.get('cpu')} ({machine.get('cpu_count')} CPUs), "
         f"jax {jax.__version__}")
   print(f"# command: python {' '.join(sys.argv)}")
   print()
   print(table(results))
-  C.write_json(args.json, {"machine": machine, "argv": sys.argv, "results": results})
+  if pairs:
+    print()
+    print(speedup_table(pairs))
+  C.write_json(args.json, {"machine": machine, "argv": sys.argv, "results": results,
+                           "speedups": pairs})
   return results
+
+
+def _jax_call(compiled, states, batch, rng):
+  """One timed JAX call: the step on the run's own states, closed by block_until_ready."""
+  import jax  # pylint: disable=import-outside-toplevel
+  holder = [states]
+
+  def call():
+    holder[0], _ = compiled(holder[0], batch, rng)
+    jax.block_until_ready(holder[0])
+
+  return call
+
+
+def _torch_runs(args, shape, depth_name, depth, num_classes, pinned) -> List[Dict[str, Any]]:
+  """torch_step.py's iteration per --torch variant, built and warmed like the JAX runs."""
+  import torch  # pylint: disable=import-outside-toplevel
+  if pinned:
+    torch.set_num_threads(len(pinned))
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  runs = []
+  for variant in args.torch:
+    case = {"method": args.method, "precision": args.precision, "variant": variant,
+            "batch": shape.batch, "crop": list(shape.crop),
+            "target": list(shape.target) if shape.target else None,
+            "depth": list(depth), "depth_name": depth_name, "width": args.width,
+            "num_classes": num_classes, "device": device, "losses": args.torch_losses}
+    t0 = time.perf_counter()
+    step, sync, _ = torch_step.build_step(case)
+    counter = [0]
+
+    def call(step=step, sync=sync, counter=counter):
+      step(counter[0])
+      counter[0] += 1
+      sync()
+
+    for _ in range(1 + args.warmup):
+      call()
+    build_s = time.perf_counter() - t0
+    print(f"# torch-{variant}: built and warmed in {build_s:.1f} s ({device}, "
+          f"{torch.get_num_threads()} threads)", file=sys.stderr, flush=True)
+    runs.append({"label": f"torch-{variant}", "overrides": [("torch", variant)],
+                 "call": call, "compile_s": build_s, "wall": [], "cpu": [], "side": "torch",
+                 "versions": {"torch": torch.__version__, "torch_threads":
+                              torch.get_num_threads(), "losses": args.torch_losses}})
+  return runs
 
 
 if __name__ == "__main__":

@@ -64,3 +64,30 @@ def test_two_variants_run_alternately_in_one_process(step_ab, tmp_path, capsys):
   with pytest.raises(SystemExit, match="--variant b: .*model.no_such_field"):
     step_ab.main(["--host_malloc", "default", "--variant", "a=", "--variant",
                   "b=model.no_such_field=1"])
+
+
+def test_torch_runs_join_the_rotation_and_give_paired_speedups(step_ab, tmp_path, capsys):
+  out = tmp_path / "ab.json"
+  results = step_ab.main([
+      "--method", "supervised", "--depth", "1,1,1,1", "--width", "8", "--batch", "1",
+      "--crop", "33x33", "--calls", "3", "--warmup", "0", "--host_malloc", "default",
+      "--variant", "jax=", "--torch", "eager", "--json", str(out)])
+  assert [(r["variant"], r["side"]) for r in results] == [("jax", "jax"),
+                                                          ("torch-eager", "torch")]
+  assert results[1]["torch"] and results[1]["overrides"] == {"torch": "eager"}
+  pairs = json.loads(out.read_text())["speedups"]
+  assert len(pairs) == 1 and (pairs[0]["jax"], pairs[0]["torch"]) == ("jax", "torch-eager")
+  jax_ms, torch_ms = results[0]["ms_all"], results[1]["ms_all"]
+  per_round = sorted(t / j for j, t in zip(jax_ms, torch_ms))
+  assert pairs[0]["speedup_paired_median"] == pytest.approx(per_round[1], rel=1e-6)
+  assert pairs[0]["speedup_of_medians"] == pytest.approx(
+      results[1]["ms_median"] / results[0]["ms_median"])
+  printed = capsys.readouterr().out
+  assert "| jax | torch-eager |" in printed and "per-round speed-up" in printed
+
+
+def test_torch_option_is_checked(step_ab):
+  with pytest.raises(SystemExit):
+    step_ab.main(["--variant", "jax="])  # one variant and no --torch
+  with pytest.raises(SystemExit):
+    step_ab.main(["--variant", "jax=", "--torch", "eagerr"])
