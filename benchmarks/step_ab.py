@@ -31,7 +31,11 @@ processes (compare.py) is as large as the difference measured:
 Both frameworks then share the process and its CPUs. Between calls each one's threads wait
 idle (PyTorch's OpenMP threads spin for a moment after each parallel region first), so a call
 runs with the other framework's threads asleep, as it would alone; pin with --cpus so that
-both size their thread pools alike.
+both size their thread pools alike. Each time the rotation moves to another run it first
+makes `--switch_calls` untimed calls (default 1 with --torch): on a 2-core VM the first JAX
+call after PyTorch's, or after a second of sleep, took up to twice as long (XLA's threads
+busy for twice the CPU time while the other core idled; benchmarks/RESULTS.md), which a
+training loop, one step after another, does not see.
 
 Every variant keeps its own train states (about 0.7 GB for ResNet-101 with momentum), so
 memory grows with the number of variants. Timing: each call is one full iteration closed by
@@ -45,6 +49,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import resource
 import statistics
 import sys
 import time
@@ -138,6 +143,12 @@ def parse_args(argv=None):
                  help="timed calls per variant (default 20).")
   p.add_argument("--warmup", type=int, default=2,
                  help="untimed calls per variant after its compiling call (default 2).")
+  p.add_argument("--switch_calls", type=int, default=None,
+                 help="untimed calls of a variant each time the rotation moves to it "
+                      "(default 0, or 1 with --torch: on a 2-core VM the first JAX call "
+                      "after PyTorch's, or after any idle second, took up to twice as long, "
+                      "see benchmarks/RESULTS.md; a call right after another runs in the "
+                      "steady state a training loop sees).")
   p.add_argument("--cpus", type=int, default=None,
                  help="pin the process to its first N CPUs before JAX starts.")
   p.add_argument("--host_malloc", default="tuned", choices=C.HOST_MALLOC_CHOICES,
@@ -157,17 +168,21 @@ def parse_args(argv=None):
     p.error("give at least two --variant, or one --variant and --torch")
   if len(set(labels)) != len(labels):
     p.error(f"variant labels must differ, got {labels}")
-  if args.calls < 1 or args.warmup < 0:
-    p.error("--calls must be >= 1 and --warmup >= 0")
+  if args.calls < 1 or args.warmup < 0 or (args.switch_calls or 0) < 0:
+    p.error("--calls must be >= 1, --warmup and --switch_calls >= 0")
   return args, variants
 
 
 def summarise(label: str, overrides: Sequence[Override], wall_ms: Sequence[float],
-              cpu_ms: Sequence[float], compile_s: float) -> Dict[str, Any]:
+              cpu_ms: Sequence[float], compile_s: float,
+              faults: Sequence[int] = ()) -> Dict[str, Any]:
   q = statistics.quantiles(wall_ms, n=4) if len(wall_ms) > 1 else [wall_ms[0]] * 3
   return {"variant": label, "overrides": dict(overrides), "compile_s": compile_s,
           "ms_median": statistics.median(wall_ms), "ms_p25": q[0], "ms_p75": q[2],
-          "cpu_ms_median": statistics.median(cpu_ms), "ms_all": [round(x, 2) for x in wall_ms]}
+          "cpu_ms_median": statistics.median(cpu_ms), "ms_all": [round(x, 2) for x in wall_ms],
+          "cpu_ms_all": [round(x, 2) for x in cpu_ms],
+          "page_faults_median": statistics.median(faults) if faults else None,
+          "page_faults_all": list(faults)}
 
 
 def paired_speedups(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -200,10 +215,11 @@ def table(results: Sequence[Dict[str, Any]]) -> str:
   rows = [[r["variant"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(config)",
            C.fmt(r["compile_s"]), C.fmt(r["ms_median"]),
            f"{C.fmt(r['ms_p25'])}-{C.fmt(r['ms_p75'])}", C.fmt(r["cpu_ms_median"]),
+           C.fmt(r.get("page_faults_median"), ".0f"),
            f"{base / r['ms_median']:.3f}x"] for r in results]
   return C.markdown_table(["variant", "overrides", "compile s", "ms/iter median",
-                           "p25-p75", "cpu-ms/iter", f"speed-up vs {results[0]['variant']}"],
-                          rows)
+                           "p25-p75", "cpu-ms/iter", "page faults/iter",
+                           f"speed-up vs {results[0]['variant']}"], rows)
 
 
 def main(argv=None) -> List[Dict[str, Any]]:
@@ -259,22 +275,32 @@ def main(argv=None) -> List[Dict[str, Any]]:
     print(f"# {label}: compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
     runs.append({"label": label, "overrides": overrides, "call": _jax_call(compiled, states,
                                                                            batch, rng),
-                 "compile_s": compile_s, "wall": [], "cpu": [], "side": "jax"})
+                 "compile_s": compile_s, "wall": [], "cpu": [], "faults": [], "side": "jax"})
   if args.torch:
     runs += _torch_runs(args, shape, depth_name, depth, num_classes, pinned)
+  switch_calls = args.switch_calls if args.switch_calls is not None else (1 if args.torch else 0)
+  last = None
   for i in range(args.calls):
     for run in (runs if i % 2 == 0 else runs[::-1]):
+      if run is not last:  # the rotation moved on to this run: untimed calls first
+        for _ in range(switch_calls):
+          run["call"]()
+        last = run
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       c0, t0 = time.process_time(), time.perf_counter()
       run["call"]()
       run["wall"].append((time.perf_counter() - t0) * 1e3)
       run["cpu"].append((time.process_time() - c0) * 1e3)
+      run["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     if (i + 1) % 5 == 0 or i + 1 == args.calls:
       print(f"# round {i + 1}/{args.calls}", file=sys.stderr, flush=True)
   results = []
   for r in runs:
-    res = summarise(r["label"], r["overrides"], r["wall"], r["cpu"], r["compile_s"])
+    res = summarise(r["label"], r["overrides"], r["wall"], r["cpu"], r["compile_s"],
+                    r["faults"])
     res.update(side=r["side"], method=args.method, shape=shape.label(), depth=depth_name,
-               precision=args.precision, host_malloc=malloc, cpus=pinned)
+               precision=args.precision, host_malloc=malloc, cpus=pinned,
+               switch_calls=switch_calls)
     res.update({"jax": jax.__version__} if r["side"] == "jax" else r["versions"])
     results.append(res)
   pairs = paired_speedups(results)
@@ -332,7 +358,8 @@ def _torch_runs(args, shape, depth_name, depth, num_classes, pinned) -> List[Dic
     print(f"# torch-{variant}: built and warmed in {build_s:.1f} s ({device}, "
           f"{torch.get_num_threads()} threads)", file=sys.stderr, flush=True)
     runs.append({"label": f"torch-{variant}", "overrides": [("torch", variant)],
-                 "call": call, "compile_s": build_s, "wall": [], "cpu": [], "side": "torch",
+                 "call": call, "compile_s": build_s, "wall": [], "cpu": [], "faults": [],
+                 "side": "torch",
                  "versions": {"torch": torch.__version__, "torch_threads":
                               torch.get_num_threads(), "losses": args.torch_losses}})
   return runs

@@ -52,6 +52,7 @@ def test_two_variants_run_alternately_in_one_process(step_ab, tmp_path, capsys):
       "--crop", "33x33", "--calls", "3", "--warmup", "0", "--host_malloc", "default",
       "--variant", "dot=", "--variant", "conv=model.pointwise_impl=conv", "--json", str(out)])
   assert [r["variant"] for r in results] == ["dot", "conv"]
+  assert [r["switch_calls"] for r in results] == [0, 0]  # JAX variants only: no extra calls
   assert results[1]["overrides"] == {"model.pointwise_impl": "conv"}
   for r in results:
     assert len(r["ms_all"]) == 3 and r["ms_p25"] <= r["ms_median"] <= r["ms_p75"]
@@ -75,6 +76,7 @@ def test_torch_runs_join_the_rotation_and_give_paired_speedups(step_ab, tmp_path
   assert [(r["variant"], r["side"]) for r in results] == [("jax", "jax"),
                                                           ("torch-eager", "torch")]
   assert results[1]["torch"] and results[1]["overrides"] == {"torch": "eager"}
+  assert [r["switch_calls"] for r in results] == [1, 1]  # the default with --torch
   pairs = json.loads(out.read_text())["speedups"]
   assert len(pairs) == 1 and (pairs[0]["jax"], pairs[0]["torch"]) == ("jax", "torch-eager")
   jax_ms, torch_ms = results[0]["ms_all"], results[1]["ms_all"]
@@ -91,3 +93,5 @@ def test_torch_option_is_checked(step_ab):
     step_ab.main(["--variant", "jax="])  # one variant and no --torch
   with pytest.raises(SystemExit):
     step_ab.main(["--variant", "jax=", "--torch", "eagerr"])
+  with pytest.raises(SystemExit):
+    step_ab.main(["--variant", "jax=", "--torch", "eager", "--switch_calls", "-1"])
