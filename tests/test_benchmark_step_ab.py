@@ -45,11 +45,15 @@ def test_overrides_take_the_field_type_and_name_unknown_fields(step_ab):
     step_ab.apply_overrides(base_config(), [("diagnostics.skip_nonfinite", "yes")])
 
 
+# A one-block-per-stage ResNet on one 33x33 image, 3 timed calls: seconds on a CPU.
+TINY_SUPERVISED = ["--method", "supervised", "--depth", "1,1,1,1", "--width", "8", "--batch",
+                   "1", "--crop", "33x33", "--calls", "3", "--warmup", "0",
+                   "--host_malloc", "default"]
+
+
 def test_two_variants_run_alternately_in_one_process(step_ab, tmp_path, capsys):
   out = tmp_path / "ab.json"
-  results = step_ab.main([
-      "--method", "supervised", "--depth", "1,1,1,1", "--width", "8", "--batch", "1",
-      "--crop", "33x33", "--calls", "3", "--warmup", "0", "--host_malloc", "default",
+  results = step_ab.main(TINY_SUPERVISED + [
       "--variant", "dot=", "--variant", "conv=model.pointwise_impl=conv", "--json", str(out)])
   assert [r["variant"] for r in results] == ["dot", "conv"]
   assert [r["switch_calls"] for r in results] == [0, 0]  # JAX variants only: no extra calls
@@ -69,9 +73,7 @@ def test_two_variants_run_alternately_in_one_process(step_ab, tmp_path, capsys):
 
 def test_torch_runs_join_the_rotation_and_give_paired_speedups(step_ab, tmp_path, capsys):
   out = tmp_path / "ab.json"
-  results = step_ab.main([
-      "--method", "supervised", "--depth", "1,1,1,1", "--width", "8", "--batch", "1",
-      "--crop", "33x33", "--calls", "3", "--warmup", "0", "--host_malloc", "default",
+  results = step_ab.main(TINY_SUPERVISED + [
       "--variant", "jax=", "--torch", "eager", "--json", str(out)])
   assert [(r["variant"], r["side"]) for r in results] == [("jax", "jax"),
                                                           ("torch-eager", "torch")]
