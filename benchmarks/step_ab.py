@@ -37,6 +37,10 @@ call after PyTorch's, or after a second of sleep, took up to twice as long (XLA'
 busy for twice the CPU time while the other core idled; benchmarks/RESULTS.md), which a
 training loop, one step after another, does not see.
 
+For a PyTorch run the compile-s column is the time to build and warm it up (for
+`--torch compile`, torch.compile's compilation). On a GPU, `--torch` turns JAX's memory
+preallocation off (`XLA_PYTHON_CLIENT_PREALLOCATE=false` unless set) so that both fit.
+
 Every variant keeps its own train states (about 0.7 GB for ResNet-101 with momentum), so
 memory grows with the number of variants. Timing: each call is one full iteration closed by
 `jax.block_until_ready` on the new states (PyTorch: the step returns after its optimiser
@@ -229,6 +233,10 @@ def main(argv=None) -> List[Dict[str, Any]]:
     from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
     host_malloc.reexec_with_hugepages()  # glibc reads its tunables at process start only
   malloc = C.set_host_malloc(args.host_malloc, check_platform=True)
+  if args.torch:
+    # On a GPU both frameworks allocate on the same device: JAX must not take 75% of its
+    # memory up front (a user's own setting is kept).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax  # pylint: disable=import-outside-toplevel
   from advseg_jax import methods  # pylint: disable=import-outside-toplevel
   from advseg_jax.models.registry import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
