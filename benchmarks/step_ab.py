@@ -346,11 +346,8 @@ def _torch_runs(args, shape, depth_name, depth, num_classes, pinned) -> List[Dic
   device = "cuda" if torch.cuda.is_available() else "cpu"
   runs = []
   for variant in args.torch:
-    case = {"method": args.method, "precision": args.precision, "variant": variant,
-            "batch": shape.batch, "crop": list(shape.crop),
-            "target": list(shape.target) if shape.target else None,
-            "depth": list(depth), "depth_name": depth_name, "width": args.width,
-            "num_classes": num_classes, "device": device, "losses": args.torch_losses}
+    case = torch_step.step_case(args.method, args.precision, variant, shape, depth_name, depth,
+                                args.width, num_classes, device, args.torch_losses)
     t0 = time.perf_counter()
     step, sync, _ = torch_step.build_step(case)
     counter = [0]

@@ -355,6 +355,17 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- driver
+def step_case(method: str, precision: str, variant: str, shape: C.Shape, depth_name: str,
+              depth, width: int, num_classes: int, device: str,
+              losses: str) -> Dict[str, Any]:
+  """The fields of a case that `build_step` reads (the timing fields come on top)."""
+  return {"method": method, "precision": precision, "variant": variant,
+          "batch": shape.batch, "crop": list(shape.crop),
+          "target": list(shape.target) if shape.target else None,
+          "depth": list(depth), "depth_name": depth_name, "width": width,
+          "num_classes": num_classes, "device": device, "losses": losses}
+
+
 def make_cases(args) -> List[Dict[str, Any]]:
   depth_name, depth = C.parse_depth(args.depth or C.PRESET_DEPTH[args.preset])
   device = args.device
@@ -372,17 +383,15 @@ def make_cases(args) -> List[Dict[str, Any]]:
       for variant in args.variants.split(","):
         if variant not in VARIANTS:
           raise SystemExit(f"--variants: unknown variant {variant!r}; choose from {VARIANTS}")
-        cases.append({
-            "method": method, "precision": precision, "variant": variant,
-            "batch": shape.batch, "crop": list(shape.crop),
-            "target": list(shape.target) if shape.target else None,
-            "depth": list(depth), "depth_name": depth_name, "width": args.width,
-            "num_classes": args.num_classes or C.NUM_CLASSES[method], "device": device,
+        case = step_case(method, precision, variant, shape, depth_name, depth, args.width,
+                         args.num_classes or C.NUM_CLASSES[method], device, args.losses)
+        case.update({
             "warmup": args.warmup, "repeats": args.repeats, "iters": args.iters,
-            "losses": args.losses, "threads": args.threads, "count_flops": args.count_flops,
+            "threads": args.threads, "count_flops": args.count_flops,
             "cudnn_benchmark": args.cudnn_benchmark, "cpus": args.cpus,
             "host_malloc": args.host_malloc,
         })
+        cases.append(case)
   return cases
 
 
