@@ -283,13 +283,14 @@ def _dilated_conv3x3_sum_bwd(dilations, residuals, g):
   x, kernels, mat = residuals
   n, h, w, cin = x.shape
   taps = live_taps(h, w, dilations)
-  g = g.astype(wide_dtype(x.dtype))
+  wide = wide_dtype(x.dtype)
+  g = g.astype(wide)
   g_cols = jnp.stack([_shift(g, -dh, -dw) for dh, dw in _tap_offsets(taps, dilations)],
                      axis=3).reshape(n * h * w, -1).astype(x.dtype)  # [M, T * C]
   g_x = lax.dot_general(g_cols, mat, (((1,), (1,)), ((), ())),
-                        preferred_element_type=wide_dtype(x.dtype)).reshape(x.shape)
+                        preferred_element_type=wide).reshape(x.shape)
   g_mat = lax.dot_general(x.reshape(-1, cin), g_cols, (((0,), (0,)), ((), ())),
-                          preferred_element_type=wide_dtype(x.dtype))  # [Cin, T * C]
+                          preferred_element_type=wide)  # [Cin, T * C]
   g_mat = g_mat.reshape(cin, len(taps), -1)
   g_k = jnp.zeros(kernels.shape, g_mat.dtype)
   for t, (b, i, j) in enumerate(taps):
