@@ -24,7 +24,7 @@ import json
 import os
 import statistics
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
@@ -216,6 +216,31 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+def selections(args) -> List[List[str]]:
+  """The `--methods M --dtypes D` selections run in turn: one per method and precision with
+  `--order interleave`, else one with all of them."""
+  if args.order == "interleave":
+    return [["--methods", m, "--dtypes", d]
+            for m in args.methods.split(",") for d in args.dtypes.split(",")]
+  return [["--methods", args.methods, "--dtypes", args.dtypes]]
+
+
+def side_argvs(args, sel: Sequence[str]) -> Dict[str, List[str]]:
+  """The argument lists for one selection: 'jax' for step_throughput.main, 'torch' for
+  torch_step.main, and 'jax_alt' (with --jax_alt_xla_flags) for the second JAX run."""
+  jax_impl = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl,
+              "--conv_dx_impl", args.conv_dx_impl, "--aspp_impl", args.aspp_impl]
+  jax_flags = [f"--xla_flags={args.xla_flags}"] if args.xla_flags else []
+  torch_extra = ["--variants", args.variants, "--losses", args.losses]
+  if args.cudnn_benchmark:
+    torch_extra.append("--cudnn_benchmark")
+  common = _common_argv(args) + list(sel)
+  out = {"jax": common + jax_impl + jax_flags, "torch": common + torch_extra}
+  if args.jax_alt_xla_flags:
+    out["jax_alt"] = common + jax_impl + [f"--xla_flags={args.jax_alt_xla_flags}"]
+  return out
+
+
 def _common_argv(args) -> List[str]:
   out = ["--preset", args.preset, "--width", str(args.width), "--warmup", str(args.warmup),
          "--repeats", str(args.repeats), "--iters", str(args.iters)]
@@ -249,32 +274,19 @@ def main(argv=None) -> None:
     machine = C.machine_info()
     machine["loadavg_start"] = machine.pop("loadavg")
     jax_results, torch_results = [], []
-    jax_impl = ["--parallel", args.parallel, "--pointwise_impl", args.pointwise_impl,
-                "--conv_dx_impl", args.conv_dx_impl, "--aspp_impl", args.aspp_impl]
-    jax_extra = list(jax_impl)
-    if args.xla_flags:
-      jax_extra += [f"--xla_flags={args.xla_flags}"]
-    torch_extra = ["--variants", args.variants, "--losses", args.losses]
-    if args.cudnn_benchmark:
-      torch_extra.append("--cudnn_benchmark")
-    if args.order == "interleave":
-      plan = [(m, d) for m in args.methods.split(",") for d in args.dtypes.split(",")]
-    else:
-      plan = [(args.methods, args.dtypes)]
 
     def run_jax(sel):
-      out = step_throughput.main(_common_argv(args) + sel + jax_extra, quiet=True)
+      argvs = side_argvs(args, sel)
+      out = step_throughput.main(argvs["jax"], quiet=True)
       if args.jax_alt_xla_flags:
-        alt = step_throughput.main(
-            _common_argv(args) + sel + jax_impl + [f"--xla_flags={args.jax_alt_xla_flags}"],
-            quiet=True)
+        alt = step_throughput.main(argvs["jax_alt"], quiet=True)
         for r in alt:
           r["variant"] = "alt"
         out += alt
       return out
 
     def run_torch(sel):
-      return torch_step.main(_common_argv(args) + sel + torch_extra, quiet=True)
+      return torch_step.main(side_argvs(args, sel)["torch"], quiet=True)
 
     def tag(results, round_):
       if args.rounds > 1:
@@ -285,8 +297,7 @@ def main(argv=None) -> None:
     for round_ in range(args.rounds):
       if args.rounds > 1:
         print(f"[compare] round {round_ + 1}/{args.rounds}", file=sys.stderr, flush=True)
-      for methods_, dtypes_ in plan:
-        sel = ["--methods", methods_, "--dtypes", dtypes_]
+      for sel in selections(args):
         sides = [("jax", run_jax), ("torch", run_torch)]
         if args.order == "jax_first":
           sides = sides[:1]

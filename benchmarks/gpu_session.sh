@@ -18,6 +18,8 @@
 # Every measurement has its own time limit, and whatever finished is kept when the call
 # runs out of time. For a dry run on a CPU, override the shapes, e.g.
 # GPU_SESSION_PRESET=cpu-small GPU_SESSION_DEPTH=tiny bash benchmarks/gpu_session.sh targets
+# GPU_SESSION_PLAN=1 prints each measurement as "NAME LIMIT_S COMMAND..." (shell-quoted) and
+# runs nothing; tests/test_gpu_session_plan.py parses every planned command that way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
@@ -41,28 +43,38 @@ if [ "$part" != targets ] && [ "$part" != rest ]; then
   exit 2
 fi
 
-[ -d .whl/site ] && export PYTHONPATH="$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}"
-# The carried Pillow only where the image has none (its own build stays in charge otherwise).
-if [ -d .whl/pillow ] && ! "$PY" -c "import PIL" 2>/dev/null; then
-  export PYTHONPATH="$PWD/.whl/pillow:$PYTHONPATH"
-fi
-mkdir -p "$out"
-log="$out/log.txt"
-if ! "$PY" -c "import ml_collections, PIL, jax, flax, optax, torch" 2>>"$log"; then
-  echo "missing packages (see $log): run 'bash benchmarks/gpu_session.sh deps' here first and" \
-       "carry .whl" | tee -a "$log" >&2
-  exit 1
-fi
-{
-  date -u
-  "$PY" -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__); print(jax.devices())"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
-} > "$out/env.txt" 2>&1
+# prepare: the carried packages on PYTHONPATH, the import check, env.txt (not in plan mode).
+prepare() {
+  [ -d .whl/site ] && export PYTHONPATH="$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}"
+  # The carried Pillow only where the image has none (its own build stays in charge otherwise).
+  if [ -d .whl/pillow ] && ! "$PY" -c "import PIL" 2>/dev/null; then
+    export PYTHONPATH="$PWD/.whl/pillow:$PYTHONPATH"
+  fi
+  mkdir -p "$out"
+  log="$out/log.txt"
+  if ! "$PY" -c "import ml_collections, PIL, jax, flax, optax, torch" 2>>"$log"; then
+    echo "missing packages (see $log): run 'bash benchmarks/gpu_session.sh deps' here first and" \
+         "carry .whl" | tee -a "$log" >&2
+    exit 1
+  fi
+  {
+    date -u
+    "$PY" -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__); print(jax.devices())"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+  } > "$out/env.txt" 2>&1
+}
+
+plan_only=${GPU_SESSION_PLAN:-}
+[ -n "$plan_only" ] || prepare || exit 1
 
 # run NAME SECONDS COMMAND...: one measurement, its own limit, output kept either way.
 run() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "$plan_only" ]; then
+    printf '%q %q' "$name" "$limit"; printf ' %q' "$@"; printf '\n'
+    return 0
+  fi
   echo "[$(date -u +%T)] $name (limit ${limit}s): $*" | tee -a "$log"
   timeout "$limit" "$@" > "$out/$name.out" 2>> "$log"
   local rc=$?
@@ -91,4 +103,4 @@ else
       --variant dot=model.pointwise_impl=dot --variant conv=model.pointwise_impl=conv \
       --json "$out/pointwise_ab.json"
 fi
-echo "results in $out"
+[ -n "$plan_only" ] || echo "results in $out"

@@ -226,6 +226,26 @@ def table(results: Sequence[Dict[str, Any]]) -> str:
                            f"speed-up vs {results[0]['variant']}"], rows)
 
 
+def variant_configs(args, variants: Sequence[Tuple[str, List[Override]]]) -> List[Any]:
+  """Each variant's validated config (one device): the method's benchmark config at the
+  shape of `args`, then the variant's overrides. An unknown field or a bad value exits,
+  naming the variant."""
+  from advseg_jax.configs_lib import validate  # pylint: disable=import-outside-toplevel
+  shape = C.resolve_shape(args.preset, args.method, args.batch, args.crop, args.target_crop)
+  _, depth = C.parse_depth(args.depth)
+  configs = []
+  for label, overrides in variants:
+    cfg = step_throughput.build_config(args.method, args.precision, depth, args.width,
+                                       C.NUM_CLASSES[args.method], shape.batch, "jit", 1)
+    try:
+      apply_overrides(cfg, overrides)
+      validate(cfg, num_devices=1)
+    except (KeyError, ValueError, TypeError, SyntaxError) as e:
+      raise SystemExit(f"step_ab.py: --variant {label}: {str(e).strip(chr(34))}") from None
+    configs.append(cfg)
+  return configs
+
+
 def main(argv=None) -> List[Dict[str, Any]]:
   args, variants = parse_args(argv)
   pinned = C.pin_cpus(args.cpus)
@@ -243,7 +263,6 @@ def main(argv=None) -> List[Dict[str, Any]]:
   from advseg_jax.train.parallel import Parallel  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.state import create_train_states  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.steps import make_train_step  # pylint: disable=import-outside-toplevel
-  from advseg_jax.configs_lib import validate  # pylint: disable=import-outside-toplevel
 
   shape = C.resolve_shape(args.preset, args.method, args.batch, args.crop, args.target_crop)
   depth_name, depth = C.parse_depth(args.depth)
@@ -253,16 +272,7 @@ def main(argv=None) -> List[Dict[str, Any]]:
         f"{len(variants)} variants x {args.calls} calls; {malloc}; CPUs {pinned or 'all'}",
         file=sys.stderr, flush=True)
   # Every variant's config first: a wrong field in the last one fails before any compile.
-  configs = []
-  for label, overrides in variants:
-    cfg = step_throughput.build_config(args.method, args.precision, depth, args.width,
-                                       num_classes, shape.batch, "jit", 1)
-    try:
-      apply_overrides(cfg, overrides)
-      validate(cfg, num_devices=1)
-    except (KeyError, ValueError, TypeError, SyntaxError) as e:
-      raise SystemExit(f"step_ab.py: --variant {label}: {str(e).strip(chr(34))}") from None
-    configs.append(cfg)
+  configs = variant_configs(args, variants)
   batch, rng = None, jax.random.key(1)
   runs = []
   for (label, overrides), cfg in zip(variants, configs):

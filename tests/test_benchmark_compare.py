@@ -1,4 +1,5 @@
-"""benchmarks/compare.py: merging repeated rounds into one table row (pure functions)."""
+"""benchmarks/compare.py: merging repeated rounds into one table row, and the argument lists
+it passes to each side (pure functions)."""
 
 import importlib.util
 import os
@@ -61,3 +62,28 @@ def test_single_round_results_pass_through_unchanged(compare):
   assert compare.merge_rounds([r]) == [r]
   table = compare.build_table([r], [], ["eager"])
   assert "per-round" not in table
+
+
+def test_selections_and_side_argvs(compare):
+  args = compare.parse_args(["--methods", "supervised,advsemi", "--dtypes", "float32,bfloat16",
+                             "--variants", "eager", "--depth", "tiny", "--cpus", "2"])
+  sels = compare.selections(args)
+  assert sels == [["--methods", m, "--dtypes", d]
+                  for m in ("supervised", "advsemi") for d in ("float32", "bfloat16")]
+  argvs = compare.side_argvs(args, sels[1])
+  assert set(argvs) == {"jax", "torch"}
+  for side in ("jax", "torch"):
+    a = argvs[side]
+    assert a[a.index("--methods") + 1] == "supervised" and a[a.index("--dtypes") + 1] == "bfloat16"
+    assert a[a.index("--depth") + 1] == "tiny" and a[a.index("--cpus") + 1] == "2"
+  assert "--aspp_impl" in argvs["jax"] and "--variants" not in argvs["jax"]
+  assert argvs["torch"][argvs["torch"].index("--variants") + 1] == "eager"
+  assert "--cudnn_benchmark" not in argvs["torch"]
+
+  args = compare.parse_args(["--order", "jax_first", "--methods", "adaptseg",
+                             "--xla_flags=--a=1", "--jax_alt_xla_flags=--b=2",
+                             "--cudnn_benchmark"])
+  assert compare.selections(args) == [["--methods", "adaptseg", "--dtypes", "float32"]]
+  argvs = compare.side_argvs(args, compare.selections(args)[0])
+  assert "--xla_flags=--a=1" in argvs["jax"] and "--xla_flags=--a=1" not in argvs["jax_alt"]
+  assert "--xla_flags=--b=2" in argvs["jax_alt"] and "--cudnn_benchmark" in argvs["torch"]
