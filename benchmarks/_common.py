@@ -269,9 +269,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_json(path: Optional[str], payload: Any) -> None:
+  """Writes `payload` to `path` (nothing without a path) through a temporary file and a
+  rename, so a process killed mid-write leaves the previous file whole."""
   if not path:
     return
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
-  with open(path, "w") as f:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
     json.dump(payload, f, indent=1, default=str)
+  os.replace(tmp, path)

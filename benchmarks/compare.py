@@ -270,7 +270,9 @@ def main(argv=None) -> None:
       payload = json.load(f)
     jax_results, torch_results = payload["jax"], payload["torch"]
     machine = payload.get("machine", {})
+    partial = payload.get("complete") is False
   else:
+    partial = False
     machine = C.machine_info()
     machine["loadavg_start"] = machine.pop("loadavg")
     jax_results, torch_results = [], []
@@ -308,6 +310,9 @@ def main(argv=None) -> None:
             jax_results += tag(run(sel), round_)
           elif side == "torch" and not args.skip_torch:
             torch_results += tag(run(sel), round_)
+          else:
+            continue
+          save_json(args, machine, jax_results, torch_results, complete=False)
       if args.order == "jax_first" and not args.skip_torch:
         torch_results += tag(run_torch(["--methods", args.methods, "--dtypes", args.dtypes]),
                              round_)
@@ -329,6 +334,8 @@ def main(argv=None) -> None:
       f"# rounds: {max([r.get('rounds', 1) for r in jax_results + torch_results] or [1])} "
       "(ms: median over rounds)",
       f"# command: python {' '.join(sys.argv) if not args.from_json else '(from ' + args.from_json + ')'}",
+  ] + (["# PARTIAL: the run stopped before its last case; these are the cases that finished"]
+       if partial else []) + [
       "",
       build_table(jax_results, torch_results, variants),
       "",
@@ -341,9 +348,17 @@ def main(argv=None) -> None:
   if args.markdown:
     with open(args.markdown, "w") as f:
       f.write(text + "\n")
-  if args.json and not args.from_json:
-    C.write_json(args.json, {"machine": machine, "argv": sys.argv, "jax": raw_jax,
-                             "torch": raw_torch})
+  if not args.from_json:
+    save_json(args, machine, raw_jax, raw_torch, complete=True)
+
+
+def save_json(args, machine: Dict[str, Any], jax_results: List[Dict[str, Any]],
+              torch_results: List[Dict[str, Any]], *, complete: bool) -> None:
+  """Writes both sides' results so far to --json (if given). Called after every case, so a
+  run stopped by a time limit (a lent GPU's call) keeps what finished; `complete` is False
+  until the end. `--from_json` rebuilds the tables from either."""
+  C.write_json(args.json, {"machine": machine, "argv": sys.argv, "complete": complete,
+                           "jax": jax_results, "torch": torch_results})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@
 # Results go to $OUT (the device tool's return folder) or runs/gpu_session: one JSON and one
 # Markdown table per measurement, env.txt with the versions and the GPU, and log.txt.
 # Every measurement has its own time limit, and whatever finished is kept when the call
-# runs out of time. For a dry run on a CPU, override the shapes, e.g.
+# runs out of time: compare.py rewrites its JSON after every case ("complete": false until
+# the end), and `python benchmarks/compare.py --from_json X.json --variants eager` rebuilds
+# the tables from a cut-off run. For a dry run on a CPU, override the shapes, e.g.
 # GPU_SESSION_PRESET=cpu-small GPU_SESSION_DEPTH=tiny bash benchmarks/gpu_session.sh targets
 # GPU_SESSION_PLAN=1 prints each measurement as "NAME LIMIT_S COMMAND..." (shell-quoted) and
 # runs nothing; tests/test_gpu_session_plan.py parses every planned command that way.

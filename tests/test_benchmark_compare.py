@@ -2,6 +2,7 @@
 it passes to each side (pure functions)."""
 
 import importlib.util
+import json
 import os
 import random
 
@@ -87,3 +88,54 @@ def test_selections_and_side_argvs(compare):
   argvs = compare.side_argvs(args, compare.selections(args)[0])
   assert "--xla_flags=--a=1" in argvs["jax"] and "--xla_flags=--a=1" not in argvs["jax_alt"]
   assert "--xla_flags=--b=2" in argvs["jax_alt"] and "--cudnn_benchmark" in argvs["torch"]
+
+
+def test_json_is_saved_after_every_case_and_a_cut_off_run_rebuilds(compare, monkeypatch,
+                                                                   tmp_path, capsys):
+  """A lent GPU's call ends at its time limit: the cases that finished must be on disk."""
+  calls = []
+  ms = {m: random.uniform(100, 200) for m in ("supervised", "adaptseg")}
+
+  def fake_side(variant):
+    def run(argv, quiet):
+      assert quiet
+      method = argv[argv.index("--methods") + 1]
+      calls.append((variant, method))
+      if len(calls) == 4:              # the run is stopped during its fourth case
+        raise KeyboardInterrupt
+      return [_res(variant, ms[method] * (1.2 if variant else 1.0), 0, method=method)]
+    return run
+
+  monkeypatch.setattr(compare.step_throughput, "main", fake_side(None))
+  monkeypatch.setattr(compare.torch_step, "main", fake_side("eager"))
+  path = tmp_path / "out" / "cmp.json"
+  with pytest.raises(KeyboardInterrupt):
+    compare.main(["--methods", "supervised,adaptseg", "--variants", "eager", "--depth", "tiny",
+                  "--json", str(path)])
+  assert calls == [(None, "supervised"), ("eager", "supervised"), (None, "adaptseg"),
+                   ("eager", "adaptseg")]
+  payload = json.loads(path.read_text())
+  assert payload["complete"] is False
+  assert [r["method"] for r in payload["jax"]] == ["supervised", "adaptseg"]
+  assert [r["method"] for r in payload["torch"]] == ["supervised"]
+  assert not list(path.parent.glob("*.tmp*"))
+  capsys.readouterr()
+
+  compare.main(["--from_json", str(path), "--variants", "eager"])
+  text = capsys.readouterr().out
+  assert "# PARTIAL" in text
+  row = [line for line in text.splitlines() if line.startswith("| supervised")][0]
+  assert "1.20x" in row
+  assert any(line.startswith("| adaptseg") for line in text.splitlines())
+
+
+def test_a_complete_run_says_so(compare, monkeypatch, tmp_path, capsys):
+  monkeypatch.setattr(compare.step_throughput, "main",
+                      lambda argv, quiet: [_res(None, 100.0, 0)])
+  monkeypatch.setattr(compare.torch_step, "main",
+                      lambda argv, quiet: [_res("eager", 150.0, 0)])
+  path = tmp_path / "cmp.json"
+  compare.main(["--methods", "supervised", "--variants", "eager", "--json", str(path)])
+  assert json.loads(path.read_text())["complete"] is True
+  compare.main(["--from_json", str(path), "--variants", "eager"])
+  assert "# PARTIAL" not in capsys.readouterr().out
