@@ -158,7 +158,7 @@ def _fresh_value(path: FlaxPath, shape: Tuple[int, ...], siblings: Mapping[str, 
   if leaf == "bias" and not is_conv:
     return np.zeros(shape, np.float32)
   if leaf == "kernel":
-    init = layers.normal_init(0.01) if generator else layers.torch_default_kernel_init
+    init = layers.CONV_KERNEL_INIT if generator else layers.torch_default_kernel_init
     return np.asarray(init(key, shape, jax.numpy.float32))
   if leaf == "bias":
     fan_in = int(np.prod(siblings["kernel"][:-1]))

@@ -69,9 +69,9 @@ class ASPPClassifier(nn.Module):
 
 
 class BranchParams(nn.Module):
-  """The variables of one ASPP branch, exactly as `layers.conv(..., use_bias=True)` makes
-  them (`kernel` [3, 3, Cin, C] N(0, 0.01), `bias` [C] PyTorch's default init): returns
-  `(kernel, bias)`."""
+  """The variables of one ASPP branch, with `layers.conv(..., use_bias=True)`'s names, shapes
+  and initialisers (`kernel` [3, 3, Cin, C] `layers.CONV_KERNEL_INIT`, `bias` [C]
+  `layers.conv_bias_init`): returns `(kernel, bias)`."""
   features: int
   in_features: int
   dtype: Any = jnp.float32
@@ -79,8 +79,7 @@ class BranchParams(nn.Module):
   @nn.compact
   def __call__(self):
     wide = wide_dtype(self.dtype)
-    kernel = self.param("kernel", layers.normal_init(0.01),
+    kernel = self.param("kernel", layers.CONV_KERNEL_INIT,
                         (3, 3, self.in_features, self.features), wide)
-    bias = self.param("bias", layers.torch_default_bias_init(self.in_features * 9),
-                      (self.features,), wide)
+    bias = self.param("bias", layers.conv_bias_init(self.in_features, 3), (self.features,), wide)
     return kernel, bias

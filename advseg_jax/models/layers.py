@@ -64,6 +64,12 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
 
 # --------------------------------------------------------------------------- convolution
 POINTWISE_IMPLS = ("dot", "conv")
+CONV_KERNEL_INIT = normal_init(0.01)  # the originals' `m.weight.data.normal_(0, 0.01)`
+
+
+def conv_bias_init(in_features: int, kernel: int) -> Initializer:
+  """PyTorch's default bias init of a `kernel` x `kernel` Conv2d over `in_features` channels."""
+  return torch_default_bias_init(in_features * kernel * kernel)
 
 
 @jax.custom_vjp
@@ -308,7 +314,7 @@ def conv(features: int,
          padding: int = 0,
          dilation: int = 1,
          use_bias: bool = False,
-         kernel_init: Initializer = normal_init(0.01),
+         kernel_init: Initializer = CONV_KERNEL_INIT,
          bias_init: Optional[Initializer] = None,
          in_features: Optional[int] = None,
          dtype: Optional[Dtype] = None,
@@ -331,7 +337,7 @@ def conv(features: int,
   if use_bias and bias_init is None:
     if in_features is None:
       raise ValueError("conv(): in_features is needed for PyTorch's default bias init")
-    bias_init = torch_default_bias_init(in_features * kernel * kernel)
+    bias_init = conv_bias_init(in_features, kernel)
   if (resolve_conv_dx_impl(dx_impl) == "matmul" and kernel == 3 and stride == 1
       and padding == dilation and not use_bias):
     return Conv3x3MatmulDx(features=features, dilation=dilation, kernel_init=kernel_init,
