@@ -394,7 +394,7 @@ def advsemi_torch(seed: int, semi_start: int, dtype=REF_DTYPE, mask_t=None):
     for i, batch in enumerate(batches):
       losses.append(ttr.advsemi_iteration(model, model_d, opt_g, opt_d, i, batch, hp))
       hist.append(snap())
-  return dict(config=config, g_model=g_model, d_model=d_model, init=init, batches=batches,
+  return dict(g_model=g_model, d_model=d_model, init=init, batches=batches,
               hist=hist, losses=losses, record=record)
 
 
@@ -470,7 +470,7 @@ def adaptseg_torch(seed: int, gan: str, dtype=REF_DTYPE):
       losses.append(ttr.adaptseg_iteration(model, model_d1, model_d2, opt_g, opt_d1, opt_d2, i,
                                            batch, hp))
       hist.append(snap())
-  return dict(config=config, g_model=g_model, d_model=d_model, init=init, batches=batches,
+  return dict(g_model=g_model, d_model=d_model, init=init, batches=batches,
               hist=hist, losses=losses)
 
 
