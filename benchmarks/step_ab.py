@@ -177,12 +177,20 @@ def parse_args(argv=None):
   return args, variants
 
 
+def _quartiles(values: Sequence[float]) -> Tuple[float, float]:
+  """(p25, p75) of `values`; a single value is both."""
+  if len(values) < 2:
+    return values[0], values[0]
+  q = statistics.quantiles(values, n=4)
+  return q[0], q[2]
+
+
 def summarise(label: str, overrides: Sequence[Override], wall_ms: Sequence[float],
               cpu_ms: Sequence[float], compile_s: float,
               faults: Sequence[int] = ()) -> Dict[str, Any]:
-  q = statistics.quantiles(wall_ms, n=4) if len(wall_ms) > 1 else [wall_ms[0]] * 3
+  p25, p75 = _quartiles(wall_ms)
   return {"variant": label, "overrides": dict(overrides), "compile_s": compile_s,
-          "ms_median": statistics.median(wall_ms), "ms_p25": q[0], "ms_p75": q[2],
+          "ms_median": statistics.median(wall_ms), "ms_p25": p25, "ms_p75": p75,
           "cpu_ms_median": statistics.median(cpu_ms), "ms_all": [round(x, 2) for x in wall_ms],
           "cpu_ms_all": [round(x, 2) for x in cpu_ms],
           "page_faults_median": statistics.median(faults) if faults else None,
@@ -195,11 +203,11 @@ def paired_speedups(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   for j in (r for r in results if r.get("side", "jax") == "jax"):
     for t in (r for r in results if r.get("side") == "torch"):
       ratios = [tm / jm for jm, tm in zip(j["ms_all"], t["ms_all"])]
-      q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+      p25, p75 = _quartiles(ratios)
       out.append({"jax": j["variant"], "torch": t["variant"],
                   "speedup_of_medians": t["ms_median"] / j["ms_median"],
                   "speedup_paired_median": statistics.median(ratios),
-                  "speedup_paired_p25": q[0], "speedup_paired_p75": q[2],
+                  "speedup_paired_p25": p25, "speedup_paired_p75": p75,
                   "cpu_ratio": t["cpu_ms_median"] / j["cpu_ms_median"]})
   return out
 

@@ -70,31 +70,29 @@ def test_targets_measure_what_the_issue_asks():
   assert mem[mem.index("--dtypes") + 1] == "float32"
 
 
-def _check_step_throughput(step_throughput, argv):
-  args = step_throughput.parse_args(argv)
-  cases = step_throughput.make_cases(args)
-  assert cases
-  return cases
+def _step_throughput_cases(step_throughput, argv):
+  return step_throughput.make_cases(step_throughput.parse_args(argv))
 
 
-def _check_compare(argv):
-  compare, step_throughput, torch_step = _load("compare"), _load("step_throughput"), _load("torch_step")
+def _check_compare(compare, argv):
+  """compare.py's arguments, then each selection's argument lists through the modules it
+  runs (compare.step_throughput and compare.torch_step); returns the JAX case count."""
   args = compare.parse_args(argv)
   n = 0
   for sel in compare.selections(args):
     argvs = compare.side_argvs(args, sel)
-    n += len(_check_step_throughput(step_throughput, argvs["jax"]))
-    torch_args = torch_step.parse_args(argvs["torch"] + ["--device", "cuda"])
-    assert torch_step.make_cases(torch_args)
+    n += len(_step_throughput_cases(compare.step_throughput, argvs["jax"]))
+    torch_args = compare.torch_step.parse_args(argvs["torch"] + ["--device", "cuda"])
+    assert compare.torch_step.make_cases(torch_args)
   return n
 
 
 def _check(argv):
   script = os.path.basename(argv[1])
   if script == "compare.py":
-    assert _check_compare(argv[2:]) > 0
+    assert _check_compare(_load("compare"), argv[2:]) > 0
   elif script == "step_throughput.py":
-    assert _check_step_throughput(_load("step_throughput"), argv[2:])
+    assert _step_throughput_cases(_load("step_throughput"), argv[2:])
   elif script == "step_ab.py":
     step_ab = _load("step_ab")
     args, variants = step_ab.parse_args(argv[2:])
