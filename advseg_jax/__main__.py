@@ -8,10 +8,10 @@ from typing import List, Optional
 
 # command: (module with main(argv) -> int, one-line description)
 COMMANDS = {
-    "train": ("advseg_jax.train.cli", "train / resume a run from a config preset"),
-    "evaluate": ("advseg_jax.evaluate", "mIoU of a model directory or workdir on a split"),
-    "predict": ("advseg_jax.predict", "segment images, write label / colour PNGs"),
-    "convert": ("advseg_jax.convert", "PyTorch .pth <-> model directory"),
+    "train": ("advseg_jax.cli.train", "train / resume a run from a config preset"),
+    "evaluate": ("advseg_jax.inference.evaluate", "mIoU of a model directory or workdir on a split"),
+    "predict": ("advseg_jax.inference.predict", "segment images, write label / colour PNGs"),
+    "convert": ("advseg_jax.torch_port.convert", "PyTorch .pth <-> model directory"),
     "prepare": ("advseg_jax.data.prepare", "build a dataset (TFDS array_record) for training"),
     "report": ("advseg_jax.report", "one-page PNG + markdown report of a training workdir"),
 }
@@ -53,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 if __name__ == "__main__":
   # Process entry only (not `main()` called in-process): the allocator settings are
   # process-wide.
-  from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
+  from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
   host_malloc.reexec_with_hugepages()  # returns when there is nothing to do
   host_malloc.configure()
   sys.exit(main())

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from advseg_jax import evaluate as ev
+from advseg_jax.inference import evaluate as ev
 
 METRICS_FILE = "metrics.jsonl"
 D_LOSS_GUIDANCE = (0.2, 0.5)  # AdvSemiSeg author: loss_D should sit around 0.2-0.5 (§10.7)
@@ -112,13 +112,13 @@ def stats(steps: np.ndarray, values: np.ndarray) -> Dict[str, float]:
 def _load_discriminator(workdir: str, spec: Mapping[str, Any]):
   """`fn(probs [B,H,W,K]) -> P(real) [B,H,W]` from the workdir's D, or None.
 
-  Uses `advseg_jax.checkpoint.load_discriminator_for_inference(path) -> (variables, spec)`
+  Uses `advseg_jax.inference.loading.load_discriminator_for_inference(path) -> (variables, spec)`
   when the checkpoint module provides it; any failure means "no D" (max softmax is shown).
   """
   try:
-    from advseg_jax import checkpoint  # pylint: disable=import-outside-toplevel
+    from advseg_jax.inference import loading as checkpoint  # pylint: disable=import-outside-toplevel
   except ImportError:
-    return None, "advseg_jax.checkpoint is missing"
+    return None, "advseg_jax.inference.loading is missing"
   loader = getattr(checkpoint, "load_discriminator_for_inference", None)
   if loader is None:
     return None, "the checkpoint module has no public discriminator loader"
@@ -158,7 +158,7 @@ def collect_examples(workdir: str, *, num: int, split: str, data_dir: Optional[s
   """Predictions on the first `num` examples of `split` (at most one batch)."""
   from advseg_jax import (  # pylint: disable=import-outside-toplevel
       compile_options, data, model_io, visualize)
-  from advseg_jax.train.steps import make_predict_fn  # pylint: disable=import-outside-toplevel
+  from advseg_jax.inference.predictor import make_predict_fn  # pylint: disable=import-outside-toplevel
 
   variables, spec = ev.load_checkpoint(model_path or workdir)
   choice = ev.choose_dataset(dataset, spec)
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "no model or dataset needed)")
   p.add_argument("--model",
                  help="model directory for the examples (default: the workdir's model as "
-                      "advseg_jax.checkpoint picks it, i.e. best_model, else final_model)")
+                      "advseg_jax.train.checkpoint picks it, i.e. best_model, else final_model)")
   p.add_argument("--dataset",
                  help="dataset of the examples (default: the checkpoint's dataset)")
   p.add_argument("--split",

@@ -191,7 +191,7 @@ def pin_cpus(n: Optional[int]) -> Optional[List[int]]:
 
 
 HOST_MALLOC_CHOICES = ("tuned", "default")
-HOST_MALLOC_HELP = ("host allocator of each case's process: tuned = advseg_jax.host_malloc "
+HOST_MALLOC_HELP = ("host allocator of each case's process: tuned = advseg_jax.kernels.host_malloc "
                     "(glibc backs its memory with transparent huge pages and keeps scratch "
                     "buffers up to 64 MB mapped between steps, as `python -m advseg_jax` does "
                     "on CPU), default = glibc's defaults. Both sides of compare.py get the same "
@@ -202,7 +202,7 @@ def host_malloc_child_env(choice: Optional[str], env: Optional[dict], *,
                           check_platform: bool) -> Optional[dict]:
   """Parent side: the environment for a case's child process. 'tuned' adds glibc's huge-page
   tunable (read at process start only), as `python -m advseg_jax` does by re-executing."""
-  from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
+  from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
   if (choice or "tuned") != "tuned" or host_malloc.skip_reason(check_platform) is not None:
     return env
   return host_malloc.hugepage_environment(env)
@@ -210,8 +210,8 @@ def host_malloc_child_env(choice: Optional[str], env: Optional[dict], *,
 
 def set_host_malloc(choice: Optional[str], *, check_platform: bool) -> str:
   """Child side, first thing in a case: applies `choice` ('tuned' | 'default');
-  returns advseg_jax.host_malloc.describe() for the result."""
-  from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
+  returns advseg_jax.kernels.host_malloc.describe() for the result."""
+  from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
   if (choice or "tuned") != "tuned":
     return "host malloc: glibc defaults (--host_malloc default)"
   host_malloc.configure(check_platform=check_platform)

@@ -238,7 +238,7 @@ def variant_configs(args, variants: Sequence[Tuple[str, List[Override]]]) -> Lis
   """Each variant's validated config (one device): the method's benchmark config at the
   shape of `args`, then the variant's overrides. An unknown field or a bad value exits,
   naming the variant."""
-  from advseg_jax.configs_lib import validate  # pylint: disable=import-outside-toplevel
+  from advseg_jax.config.validation import validate  # pylint: disable=import-outside-toplevel
   shape = C.resolve_shape(args.preset, args.method, args.batch, args.crop, args.target_crop)
   _, depth = C.parse_depth(args.depth)
   configs = []
@@ -258,7 +258,7 @@ def main(argv=None) -> List[Dict[str, Any]]:
   args, variants = parse_args(argv)
   pinned = C.pin_cpus(args.cpus)
   if args.host_malloc == "tuned":
-    from advseg_jax import host_malloc  # pylint: disable=import-outside-toplevel
+    from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
     host_malloc.reexec_with_hugepages()  # glibc reads its tunables at process start only
   malloc = C.set_host_malloc(args.host_malloc, check_platform=True)
   if args.torch:
@@ -267,7 +267,7 @@ def main(argv=None) -> List[Dict[str, Any]]:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax  # pylint: disable=import-outside-toplevel
   from advseg_jax import methods  # pylint: disable=import-outside-toplevel
-  from advseg_jax.models.registry import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.parallel import Parallel  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.state import create_train_states  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.steps import make_train_step  # pylint: disable=import-outside-toplevel

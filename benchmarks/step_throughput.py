@@ -80,7 +80,8 @@ def peak_tflops(device_kind: str, precision: str, override: Optional[float],
 # ----------------------------------------------------------------------------- config / data
 def build_config(method: str, precision: str, depth, width: int, num_classes: int,
                  global_batch: int, parallel_mode: str, num_devices: int):
-  from advseg_jax.configs_lib import base_config, validate  # pylint: disable=import-outside-toplevel
+  from advseg_jax.config.defaults import base_config  # pylint: disable=import-outside-toplevel
+  from advseg_jax.config.validation import validate  # pylint: disable=import-outside-toplevel
   c = base_config()
   c.method.name = method
   if tuple(depth) in [tuple(v) for v in C.DEPTHS.values()]:
@@ -165,7 +166,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
   if case.get("cache_dir"):
     jax.config.update("jax_compilation_cache_dir", case["cache_dir"])
   from advseg_jax import methods  # pylint: disable=import-outside-toplevel
-  from advseg_jax.models.registry import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
+  from advseg_jax.models import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.parallel import Parallel  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.state import create_train_states  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.steps import make_train_step  # pylint: disable=import-outside-toplevel

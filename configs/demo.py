@@ -16,7 +16,7 @@ original's because there is no pretrained initialisation; everything else follow
 originals' algorithms.
 """
 
-from advseg_jax import configs_lib, presets
+from advseg_jax.config import defaults, presets
 
 PRESETS = ("semi", "adv", "baseline", "adaptseg")
 
@@ -25,7 +25,7 @@ def get_config(arg=None):
   name, options = presets.parse_arg(arg, "semi")
   if name not in PRESETS:
     raise presets.unknown_preset("configs/demo.py", name, PRESETS)
-  c = configs_lib.base_config()
+  c = defaults.base_config()
   c.seed = 0
   c.num_steps = 800
   c.batch_size = 4
@@ -58,13 +58,13 @@ def get_config(arg=None):
     c.method.lambda_adv_aux = 0.0002
     c.method.lambda_adv = 0.001
 
-  c.data = configs_lib.stream_config(
+  c.data = defaults.stream_config(
       "shapes", config_name="source", split="train", crop_size=(64, 64), channel_order="RGB",
       random_mirror=True, gt_loader="plain", read_threads=2)
-  c.target_data = configs_lib.stream_config(
+  c.target_data = defaults.stream_config(
       "shapes", config_name="target", split="train", crop_size=(64, 64), channel_order="RGB",
       random_mirror=True, use_labels=False, read_threads=2)
-  c.eval_data = configs_lib.stream_config(
+  c.eval_data = defaults.stream_config(
       "shapes", config_name="target" if name == "adaptseg" else "source", split="validation",
       crop_size=None, channel_order="RGB", eval_mode="none", read_threads=2)
   c.eval_mean_mode = "nanmean"

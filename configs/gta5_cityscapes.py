@@ -13,7 +13,7 @@ All use DeeplabMulti and two discriminators, as the script does (in single-level
 still trained but never reaches G, §7.2). Default: multi.
 """
 
-from advseg_jax import configs_lib, presets
+from advseg_jax.config import defaults, presets
 
 LEVELS = {
     # name: (lambda_seg, lambda_adv_target1, lambda_adv_target2, gan)
@@ -29,7 +29,7 @@ def get_config(arg=None):
   if name not in LEVELS:
     raise presets.unknown_preset("configs/gta5_cityscapes.py", name, LEVELS)
   lambda_seg, lambda_aux, lambda_main, gan = LEVELS[name]
-  c = configs_lib.base_config()
+  c = defaults.base_config()
   c.seed = 1234                       # [§7.1] --random-seed (unused there)
   c.num_steps = 250000                # [§7.1] --num-steps (poly schedule length)
   c.num_steps_stop = 150000           # [§7.1] --num-steps-stop (early stop)
@@ -64,16 +64,16 @@ def get_config(arg=None):
   c.optim_d.lr = 1e-4                 # [§7.1] --learning-rate-D
   c.optim_d.power = 0.9
 
-  c.data = configs_lib.stream_config(
+  c.data = defaults.stream_config(
       "gta5", split="train", crop_size=None,
       resize_size=(720, 1280),        # [§7.1] --input-size 1280,720 (w,h), whole image, bicubic
       channel_order="BGR",            # [§7.3] RGB->BGR flip before the mean
       random_scale=False, random_mirror=False)  # [§7.1] the datasets ignore these flags
-  c.target_data = configs_lib.stream_config(
+  c.target_data = defaults.stream_config(
       "cityscapes", split="train", crop_size=None,
       resize_size=(512, 1024),        # [§7.1] --input-size-target 1024,512
       channel_order="BGR", use_labels=False)     # [§7.3] target labels are never read
-  c.eval_data = configs_lib.stream_config(
+  c.eval_data = defaults.stream_config(
       "cityscapes", split="validation", crop_size=None, channel_order="BGR",
       eval_mode="resize", eval_resize_size=(512, 1024))  # [§7.4] 1024x512 in, 2048x1024 out
   c.eval_mean_mode = "nanmean"        # [§7.4] compute_iou.py

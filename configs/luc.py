@@ -10,7 +10,7 @@ lambda_adv: UNVERIFIED (the paper's value was not retrieved, §9.3; nexus-kgp us
 summed BCE); 0.1 here, tune it with --config.method.lambda_adv.
 """
 
-from advseg_jax import configs_lib, presets
+from advseg_jax.config import defaults, presets
 
 ENCODINGS = ("basic", "product", "scaling")
 
@@ -19,7 +19,7 @@ def get_config(arg=None):
   name, options = presets.parse_arg(arg, "basic")
   if name not in ENCODINGS:
     raise presets.unknown_preset("configs/luc.py", name, ENCODINGS)
-  c = configs_lib.base_config()
+  c = defaults.base_config()
   c.seed = 1234
   c.num_steps = 20000                 # [§6.1] AdvSemiSeg schedule
   c.batch_size = 10                   # [§6.1]
@@ -45,9 +45,9 @@ def get_config(arg=None):
   c.optim_d.name = "adam"             # [§4.1]
   c.optim_d.lr = 1e-4
 
-  c.data = configs_lib.stream_config(
+  c.data = defaults.stream_config(
       "voc_aug", split="train", crop_size=(321, 321), channel_order="RGB")  # [§6.1, §6.5]
-  c.eval_data = configs_lib.stream_config(
+  c.eval_data = defaults.stream_config(
       "voc_aug", split="validation", crop_size=None, channel_order="RGB",
       eval_mode="pad", eval_pad_size=(505, 505))  # [§6.6]
   c.eval_mean_mode = "voc"            # [§6.6]

@@ -25,7 +25,7 @@ never let it reach G). The step count here is the CPU profile's; `benchmarks/met
 overrides `num_steps`, `method.semi_start`, `eval_every` and the eval subset per profile.
 """
 
-from advseg_jax import configs_lib, presets
+from advseg_jax.config import defaults, presets
 
 # letter: (name, description)
 PRESETS = {
@@ -58,7 +58,7 @@ def get_config(arg=None):
   name, options = presets.parse_arg(arg, "d")
   key = letter_of(name)
   adapt = key in "efghi"
-  c = configs_lib.base_config()
+  c = defaults.base_config()
   c.seed = 0
   c.num_steps = NUM_STEPS
   c.num_steps_stop = None
@@ -111,13 +111,13 @@ def get_config(arg=None):
     }[key]
     m.lambda_seg, m.lambda_adv_aux, m.lambda_adv, m.gan = lambda_seg, lambda_aux, lambda_main, gan
 
-  c.data = configs_lib.stream_config(
+  c.data = defaults.stream_config(
       "shapes", config_name="source", split="train", crop_size=(64, 64), channel_order="RGB",
       random_mirror=True, gt_loader="plain", read_threads=2)
-  c.target_data = configs_lib.stream_config(
+  c.target_data = defaults.stream_config(
       "shapes", config_name="target", split="train", crop_size=(64, 64), channel_order="RGB",
       random_mirror=True, use_labels=False, read_threads=2)
-  c.eval_data = configs_lib.stream_config(
+  c.eval_data = defaults.stream_config(
       "shapes", config_name="target" if adapt else "source", split="validation",
       crop_size=None, channel_order="RGB", eval_mode="none", read_threads=2)
   c.eval_mean_mode = "nanmean"

@@ -8,7 +8,7 @@ Evaluation maps Cityscapes trainIds to the 16 / 13 protocol classes.
 ARG = LEVEL_CLASSES[,runlocal]:  single_16, multi_16, single_13, multi_13 (default multi_16).
 """
 
-from advseg_jax import configs_lib, presets
+from advseg_jax.config import defaults, presets
 
 LEVELS = {
     "multi": (0.1, 0.0002, 0.001),    # [§7.1] README multi-level weights
@@ -23,7 +23,7 @@ def get_config(arg=None):
   if level not in LEVELS or classes not in ("16", "13"):
     raise presets.unknown_preset("configs/synthia_cityscapes.py", name, PRESETS)
   lambda_seg, lambda_aux, lambda_main = LEVELS[level]
-  c = configs_lib.base_config()
+  c = defaults.base_config()
   c.seed = 1234
   c.num_steps = 250000                # [§7.1] --num-steps
   c.num_steps_stop = 150000           # [§7.1] --num-steps-stop
@@ -58,14 +58,14 @@ def get_config(arg=None):
   c.optim_d.lr = 1e-4
   c.optim_d.power = 0.9
 
-  c.data = configs_lib.stream_config(
+  c.data = defaults.stream_config(
       "synthia", config_name=classes, split="train", crop_size=None,
       resize_size=(760, 1280),        # native SYNTHIA size (UNVERIFIED, see docstring)
       channel_order="BGR")            # [§7.3] AdaptSegNet feeds BGR
-  c.target_data = configs_lib.stream_config(
+  c.target_data = defaults.stream_config(
       "cityscapes", split="train", crop_size=None, resize_size=(512, 1024),  # [§7.1]
       channel_order="BGR", use_labels=False)
-  c.eval_data = configs_lib.stream_config(
+  c.eval_data = defaults.stream_config(
       "cityscapes", split="validation", crop_size=None, channel_order="BGR",
       eval_mode="resize", eval_resize_size=(512, 1024))  # [§7.4]
   c.eval_mean_mode = "nanmean"        # [§7.4] compute_iou.py

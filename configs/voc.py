@@ -12,7 +12,7 @@ semi_1.0 does not exist (no unlabelled data; N/A in the paper). Default: semi_0.
 Every value below is the original's; the bracket names the ORIGINALS.md section.
 """
 
-from advseg_jax import configs_lib, presets
+from advseg_jax.config import defaults, presets
 
 FRACTIONS = {"0.125": 0.125, "1/8": 0.125, "0.25": 0.25, "1/4": 0.25, "0.5": 0.5, "1/2": 0.5,
              "1.0": 1.0, "1": 1.0, "full": 1.0}
@@ -35,7 +35,7 @@ def parse(name):
 def get_config(arg=None):
   name, options = presets.parse_arg(arg, "semi_0.125")
   method, fraction = parse(name)
-  c = configs_lib.base_config()
+  c = defaults.base_config()
   c.seed = 1234                       # [§6.1] --random-seed (unused there, seeds us)
   c.num_steps = 20000                 # [§6.1] --num-steps
   c.num_steps_stop = None             # the originals train all 20000 steps
@@ -72,14 +72,14 @@ def get_config(arg=None):
   c.optim_d.lr = 1e-4                 # [§6.1] --learning-rate-D
   c.optim_d.power = 0.9               # [§6.1] same poly decay
 
-  c.data = configs_lib.stream_config(
+  c.data = defaults.stream_config(
       "voc_aug", split="train",
       crop_size=(321, 321),           # [§6.1] --input-size 321,321
       channel_order="RGB",            # [§6.5] step 6: the BGR->RGB flip, so RGB input
       random_scale=False,             # [§6.1] README command: no --random-scale
       random_mirror=False,            # [§6.1] README command: no --random-mirror
       gt_loader="advsemi")            # [§6.5] VOCGTDataSet for D's real one-hots ('gt' stream)
-  c.eval_data = configs_lib.stream_config(
+  c.eval_data = defaults.stream_config(
       "voc_aug", split="validation", crop_size=None, channel_order="RGB",
       eval_mode="pad", eval_pad_size=(505, 505))  # [§6.6] evaluate_voc.py
   c.eval_mean_mode = "voc"            # [§6.6] jaccard(): mean over classes with TP > 0

@@ -1,9 +1,9 @@
 """Fixtures shared by the training-loop tests (test_loop, test_faults)."""
 
-import loop_helpers
+from tests import loop_helpers
 import pytest
 
-from advseg_jax.train import cli
+from advseg_jax.cli import train as cli
 
 REFERENCE_STEPS = 4
 

@@ -185,7 +185,7 @@ def assert_same_variables(a, b) -> None:
 
 
 def final_model_variables(workdir: str):
-  from advseg_jax import checkpoint as ck  # pylint: disable=import-outside-toplevel
+  from advseg_jax.train import checkpoint as ck  # pylint: disable=import-outside-toplevel
   from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
   variables, _ = model_io.load_model(os.path.join(workdir, ck.FINAL_MODEL))
   return variables

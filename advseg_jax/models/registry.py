@@ -1,28 +1,17 @@
-"""Builds models from plain config data (an `ml_collections.ConfigDict` or a dict).
+"""The one table of architecture names, and building a Flax module from a `ModelSpec`.
 
-Generator spec fields (`config.model`):
-  arch               'deeplabv2' (Res_Deeplab) | 'deeplabv2_multi' (DeeplabMulti)
-  num_classes        int
-  depths             4 ints, or a name in RESNET_DEPTHS ('resnet101', 'resnet50', 'tiny')
-  width              stem width (64 in the originals)
-  stride_in_1x1      True = MSRA/Caffe bottleneck (originals), False = torchvision
-  aspp_branches_used 2 (released models) | 4 (corrected ASPP)
-  bn_mode            'batch_stats' | 'frozen'
-  sync_bn            bool: batch statistics averaged over the device axis
-  dtype              'float32' | 'bfloat16' | 'float16' (activations; params, BN stats and
-                     losses stay float32) | 'float64' (everything float64: numerical checks,
-                     needs JAX_ENABLE_X64=1; see advseg_jax.precision)
+    registry.architecture("fc")            # -> Architecture(name='fc_discriminator', ...)
+    module = registry.build(spec)          # spec: models.spec.ModelSpec
 
-Discriminator spec fields (`config.disc`):
-  arch               'fc' (FCDiscriminator) | 'fc2' (ICLR 2-channel, in-module upsampling)
-                     | 'image_label' (Luc et al.)
-  ndf                base width of 'fc'/'fc2' (64)
-  dtype
+Each architecture has one name (stored in `model.json`, given to `convert --arch`) and the
+short name the training config uses (`config.model.arch`, `config.disc.arch`); both are
+accepted everywhere.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax.numpy as jnp
 
@@ -31,19 +20,51 @@ from advseg_jax.models.discriminator import FCDiscriminator, ImageLabelDiscrimin
 from advseg_jax.models.resnet import RESNET_DEPTHS
 from advseg_jax.precision import require_x64_for
 
-GENERATOR_ARCHS = ("deeplabv2", "deeplabv2_multi")
-DISCRIMINATOR_ARCHS = ("fc", "fc2", "image_label")
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  name: str          # model.json / convert name
+  config_name: str   # config.model.arch / config.disc.arch value
+  kind: str          # 'generator' | 'discriminator'
+  original: str      # the network in the original code
+  convertible: bool  # has a PyTorch state_dict layout (advseg_jax.torch_port)
+
+
+ARCHITECTURES: Dict[str, Architecture] = {a.name: a for a in (
+    Architecture("deeplabv2", "deeplabv2", "generator", "Res_Deeplab", True),
+    Architecture("deeplabv2_multi", "deeplabv2_multi", "generator", "DeeplabMulti", True),
+    Architecture("fc_discriminator", "fc", "discriminator", "FCDiscriminator", True),
+    Architecture("fc2_discriminator", "fc2", "discriminator", "Dis (ICLR-2018 reproduction)",
+                 True),
+    Architecture("image_label_discriminator", "image_label", "discriminator",
+                 "Luc et al. 2016 image + label-map discriminator", False),
+)}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
 
-def _get(spec: Any, key: str, default: Any) -> Any:
-  if isinstance(spec, Mapping):
-    return spec.get(key, default)
-  return getattr(spec, key, default) if key in spec else default
+def names(kind: Optional[str] = None, *, config: bool = False,
+          convertible: Optional[bool] = None) -> Tuple[str, ...]:
+  """Architecture names (config names with `config=True`), optionally of one kind."""
+  return tuple(a.config_name if config else a.name for a in ARCHITECTURES.values()
+               if (kind is None or a.kind == kind)
+               and (convertible is None or a.convertible == convertible))
 
 
-def resolve_dtype(name: Any, what: str = "dtype") -> Any:
+GENERATOR_ARCHS = names("generator")
+DISCRIMINATOR_ARCHS = names("discriminator", config=True)   # config.disc.arch values
+
+
+def architecture(name: str) -> Architecture:
+  """The architecture called `name` (its name or config name)."""
+  for a in ARCHITECTURES.values():
+    if name in (a.name, a.config_name):
+      return a
+  raise ValueError(f"unknown architecture {name!r}: expected one of {names()} (or the config "
+                   f"names {tuple(a.config_name for a in ARCHITECTURES.values())})")
+
+
+def resolve_dtype(name: Any, what: str = "dtype", check_x64: bool = True) -> Any:
   """A dtype name in DTYPES (or a dtype) -> the dtype; float64 only with x64 enabled."""
   if name is None:
     return jnp.float32
@@ -51,11 +72,13 @@ def resolve_dtype(name: Any, what: str = "dtype") -> Any:
     if name not in DTYPES:
       raise ValueError(f"{what} must be one of {sorted(DTYPES)}, got {name!r}")
     name = DTYPES[name]
-  require_x64_for(name, what)
+  if check_x64:
+    require_x64_for(name, what)
   return name
 
 
-def resolve_depths(depths: Any) -> tuple:
+def resolve_depths(depths: Any) -> Tuple[int, ...]:
+  """4 ints, or a name in RESNET_DEPTHS ('resnet101', 'resnet50', 'tiny') -> 4 ints."""
   if isinstance(depths, str):
     if depths not in RESNET_DEPTHS:
       raise ValueError(f"model.depths must be one of {sorted(RESNET_DEPTHS)} or 4 ints, "
@@ -67,38 +90,25 @@ def resolve_depths(depths: Any) -> tuple:
   return depths
 
 
-def build_generator(spec: Any, *, bn_axis_name: str | None = None) -> DeepLabV2:
-  """DeepLabV2 from a generator spec; `bn_axis_name` is used only when `sync_bn` is set."""
-  arch = _get(spec, "arch", "deeplabv2")
-  if arch not in GENERATOR_ARCHS:
-    raise ValueError(f"model.arch must be one of {GENERATOR_ARCHS}, got {arch!r}")
-  sync = bool(_get(spec, "sync_bn", False))
-  return DeepLabV2(
-      num_classes=int(_get(spec, "num_classes", 21)),
-      multi_level=arch == "deeplabv2_multi",
-      depths=resolve_depths(_get(spec, "depths", "resnet101")),
-      width=int(_get(spec, "width", 64)),
-      stride_in_1x1=bool(_get(spec, "stride_in_1x1", True)),
-      aspp_branches_used=int(_get(spec, "aspp_branches_used", 2)),
-      bn_mode=str(_get(spec, "bn_mode", "batch_stats")),
-      bn_axis_name=bn_axis_name if sync else None,
-      dtype=resolve_dtype(_get(spec, "dtype", "float32"), "model.dtype"),
-      pointwise_impl=str(_get(spec, "pointwise_impl", "dot")),
-      conv_dx_impl=str(_get(spec, "conv_dx_impl", "auto")),
-      aspp_impl=str(_get(spec, "aspp_impl", "auto")),
-  )
-
-
-def build_discriminator(spec: Any):
-  """A discriminator module from a discriminator spec."""
-  arch = _get(spec, "arch", "fc")
-  dtype = resolve_dtype(_get(spec, "dtype", "float32"), "disc.dtype")
-  ndf = int(_get(spec, "ndf", 64))
-  if arch == "fc":
-    return FCDiscriminator(ndf=ndf, dtype=dtype)
-  if arch == "fc2":
-    return FCDiscriminator(ndf=ndf, padding=2, out_channels=2, upsample_to_input=True,
-                           dtype=dtype)
-  if arch == "image_label":
+def build(spec: Any, *, bn_axis_name: Optional[str] = None,
+          impls: Optional[Mapping[str, str]] = None):
+  """The Flax module of `spec` (a `ModelSpec`). `bn_axis_name`: device axis for synchronised
+  batch statistics; `impls`: backend implementation choices (advseg_jax.kernels)."""
+  arch = architecture(spec.arch)
+  dtype = resolve_dtype(spec.dtype, "dtype")
+  if arch.config_name == "fc":
+    return FCDiscriminator(ndf=int(spec.ndf), dtype=dtype)
+  if arch.config_name == "fc2":
+    return FCDiscriminator(ndf=int(spec.ndf), padding=2, out_channels=2,
+                           upsample_to_input=True, dtype=dtype)
+  if arch.config_name == "image_label":
     return ImageLabelDiscriminator(dtype=dtype)
-  raise ValueError(f"disc.arch must be one of {DISCRIMINATOR_ARCHS}, got {arch!r}")
+  impls = dict(impls or {})
+  return DeepLabV2(
+      num_classes=int(spec.num_classes), multi_level=arch.name == "deeplabv2_multi",
+      depths=resolve_depths(spec.depths), width=int(spec.width),
+      stride_in_1x1=bool(spec.stride_in_1x1), aspp_branches_used=int(spec.aspp_branches_used),
+      bn_mode=str(spec.bn_mode), bn_axis_name=bn_axis_name, dtype=dtype,
+      pointwise_impl=impls.get("pointwise_impl", "dot"),
+      conv_dx_impl=impls.get("conv_dx_impl", "auto"),
+      aspp_impl=impls.get("aspp_impl", "auto"))

@@ -75,7 +75,7 @@ class Bottleneck(nn.Module):
     # `relu(bn3 + residual)` into the next blocks' consumers and so recomputes the whole
     # residual stream of a layer inside every later block (quadratic in depth: layer3's
     # last block fused 123 operands), in the forward and again in the backward.
-    # `advseg_jax.compile_options` keeps XLA:CPU from dropping the barrier before fusion.
+    # `advseg_jax.kernels.compile_options` keeps XLA:CPU from dropping the barrier before fusion.
     return lax.optimization_barrier(nn.relu(out + residual))
 
 

@@ -14,14 +14,14 @@ The originals' `--batch-size` is per sub-iteration, so each stream yields
 `batch_size * iter_size` images per step (the step splits them into `iter_size` chunks);
 each process reads `batch_size * iter_size / process_count` of them.
 
-Evaluation (`eval_every` steps and at the end) runs `steps.make_predict_fn` on
+Evaluation (`eval_every` steps and at the end) runs `inference.predictor.make_predict_fn` on
 `config.eval_data`, upsampling to the label size: in 'pad' mode the label is padded like the
 image, so predicting at the padded size and ignoring label 255 is the originals' "upsample to
 505, crop to the original size"; in 'resize' mode the output is upsampled to the full-size
 label (Cityscapes). mIoU as in `advseg_jax.metrics` (`config.eval_mean_mode`, or the
 protocol of the eval mode).
 
-Workdir: see `advseg_jax.checkpoint`; also `metrics.jsonl`, `tensorboard/`, `config.json`,
+Workdir: see `advseg_jax.train.checkpoint`; also `metrics.jsonl`, `tensorboard/`, `config.json`,
 `split.json`, `summary.md`, `summary.json`.
 
 `data_provider` (tests) replaces `advseg_jax.data` with anything that has the same four
@@ -41,18 +41,20 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from advseg_jax import checkpoint as ckpt_lib
-from advseg_jax import configs_lib
-from advseg_jax import diagnostics
+from advseg_jax.train import checkpoint as ckpt_lib
+from advseg_jax.config import validation as config_validation
+from advseg_jax.train import diagnostics
 from advseg_jax import logging_utils
-from advseg_jax import host_malloc
+from advseg_jax.kernels import host_malloc
 from advseg_jax import methods
 from advseg_jax import metrics as metrics_lib
-from advseg_jax.models.registry import build_discriminator, build_generator
-from advseg_jax.preemption import PreemptionGuard
+from advseg_jax.models import build_discriminator, build_generator
+from advseg_jax.train.preemption import PreemptionGuard
+from advseg_jax.inference import loading
+from advseg_jax.inference.evaluator import Evaluator
+from advseg_jax.train import export
 from advseg_jax.train import parallel as parallel_lib
 from advseg_jax.train import state as state_lib
 from advseg_jax.train import steps as steps_lib
@@ -232,97 +234,6 @@ class Prefetcher:
     self._thread.join(timeout=10)
 
 
-# ----------------------------------------------------------------------------- eval
-def eval_label_lut(config: Any, provider: Any) -> Optional[np.ndarray]:
-  """Maps eval labels to the model's classes when they differ (SYNTHIA 16/13 -> Cityscapes)."""
-  k = int(config.model.num_classes)
-  eval_info = provider.get_info(config.eval_data.name, config.eval_data.config_name)
-  if eval_info.num_classes == k:
-    return None
-  train_info = provider.get_info(config.data.name, config.data.config_name)
-  tids = getattr(train_info, "cityscapes_train_ids", None)
-  eval_ids = getattr(eval_info, "cityscapes_train_ids", None)
-  if tids is not None and eval_ids is not None and train_info.num_classes == k:
-    lut = np.full(256, 255, np.int64)
-    for cls, tid in enumerate(tids):
-      lut[int(eval_ids.index(tid)) if tid in eval_ids else 255] = cls
-    lut[255] = 255
-    return lut
-  raise TrainingError(
-      f"config.eval_data ({config.eval_data.name}) has {eval_info.num_classes} classes but "
-      f"config.model.num_classes is {k}, and there is no class mapping between them")
-
-
-def resolve_mean_mode(config: Any) -> str:
-  mode = config.get("eval_mean_mode", "auto")
-  if mode in (None, "auto"):
-    return "voc" if config.eval_data.eval_mode == "pad" else "nanmean"
-  return metrics_lib.resolve_mean_mode(mode)
-
-
-class Evaluator:
-  """Confusion matrix of the current generator on config.eval_data (all processes)."""
-
-  def __init__(self, config: Any, g_model, par: parallel_lib.Parallel, provider: Any,
-               class_names: Sequence[str]):
-    self.config = config
-    self.par = par
-    self.provider = provider
-    self.k = int(config.model.num_classes)
-    self.class_names = tuple(class_names)
-    self.lut = eval_label_lut(config, provider)
-    self.mean_mode = resolve_mean_mode(config)
-    self.batch_per_process = par.num_local
-    predict = steps_lib.make_predict_fn(g_model)
-    axis = par.axis_name
-    k = self.k
-
-    def body(variables, batch, rng):
-      del rng
-      label = batch["label"]
-      probs = predict(variables, batch["image"], label.shape[1:3])
-      pred = jnp.argmax(probs, axis=-1)
-      valid = batch["mask"][:, None, None] & (label != 255)
-      hist = metrics_lib.confusion_matrix_jax(label, pred, k, valid)
-      if axis is not None:
-        hist = jax.lax.psum(hist, axis)
-      return hist
-
-    self._fn = par.bind_train_step(body, donate_states=False)
-
-  def _batches(self):
-    e = self.config.eval_data
-    it = self.provider.make_eval_iterator(
-        e, split=e.split, batch_size=self.batch_per_process,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    n = len(it)
-    if int(self.config.eval_max_examples) > 0:
-      global_batch = self.batch_per_process * jax.process_count()
-      n = min(n, math.ceil(int(self.config.eval_max_examples) / global_batch))
-    return it, n
-
-  def __call__(self, variables) -> Tuple[np.ndarray, int]:
-    it, n = self._batches()
-    total = None
-    count = 0
-    for i, b in enumerate(it):
-      if i >= n:
-        break
-      label = np.asarray(b["label"]).astype(np.int64)
-      if self.lut is not None:
-        label = self.lut[np.clip(label, 0, 255)]
-      mask = np.asarray(b["mask"], bool)
-      count += int(mask.sum())
-      batch = {"image": np.asarray(b["image"], np.float32), "label": label.astype(np.int32),
-               "mask": mask}
-      hist = self._fn(variables, self.par.shard_batch(batch), None)
-      total = hist if total is None else total + hist
-    if total is None:
-      return np.zeros((self.k, self.k), np.int64), 0
-    host = self.par.unreplicate(total)
-    return np.asarray(host, np.int64), count
-
-
 # ----------------------------------------------------------------------------- init
 def initial_generator_variables(config: Any) -> Optional[Dict[str, Any]]:
   """Weights from `config.init.checkpoint` (.pth via the converter, or a model dir)."""
@@ -332,7 +243,7 @@ def initial_generator_variables(config: Any) -> Optional[Dict[str, Any]]:
   from advseg_jax.models.registry import resolve_depths  # pylint: disable=import-outside-toplevel
   m = config.model
   if os.path.isfile(path):
-    from advseg_jax import convert  # pylint: disable=import-outside-toplevel
+    from advseg_jax.torch_port import convert  # pylint: disable=import-outside-toplevel
     log.info("initialising G from %s (rule %s)", path, config.init.rule)
     try:
       return convert.load_torch_checkpoint(
@@ -344,7 +255,7 @@ def initial_generator_variables(config: Any) -> Optional[Dict[str, Any]]:
       raise TrainingError(f"config.init.checkpoint={path}: {ckpt_lib._one_line(e)}") from None
   if not os.path.isdir(path):
     raise TrainingError(f"config.init.checkpoint={path}: no such file or directory")
-  variables, spec = ckpt_lib.load_for_inference(path)
+  variables, spec = loading.load_for_inference(path)
   want = {"arch": m.arch, "num_classes": int(m.num_classes),
           "depths": list(resolve_depths(m.depths)), "width": int(m.width)}
   got = {k: spec.get(k) for k in want}
@@ -361,7 +272,7 @@ def initial_discriminator_params(config: Any) -> Optional[Dict[str, Any]]:
     return None
   levels = methods.d_levels(config.method.name, config.model.arch == "deeplabv2_multi")
   if os.path.isfile(path):
-    from advseg_jax import convert  # pylint: disable=import-outside-toplevel
+    from advseg_jax.torch_port import convert  # pylint: disable=import-outside-toplevel
     arch = {"fc": "fc_discriminator", "fc2": "fc2_discriminator"}.get(config.disc.arch)
     if arch is None:
       raise TrainingError(f"config.init.d_checkpoint: no converter for disc.arch "
@@ -493,19 +404,19 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
   provider = data_provider or _default_provider()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   par = parallel_lib.Parallel(config.parallel.mode)
-  configs_lib.validate(config, num_devices=par.num_devices)
+  config_validation.validate(config, num_devices=par.num_devices)
   pc, pi = jax.process_count(), jax.process_index()
   is_main = pi == 0
   method = config.method.name
   streams = methods.streams(method, config.method)
   per_step = int(config.batch_size) * int(config.iter_size)
   if per_step % pc:
-    raise configs_lib.ConfigError(
+    raise config_validation.ConfigError(
         f"config.batch_size * iter_size = {per_step} is invalid: expected a multiple of the "
         f"process count ({pc})")
   per_process = per_step // pc
   if per_process % par.num_local:
-    raise configs_lib.ConfigError(
+    raise config_validation.ConfigError(
         f"config.batch_size = {config.batch_size} is invalid: each process reads "
         f"{per_process} images per stream and step, not divisible by its {par.num_local} "
         f"devices")
@@ -662,10 +573,10 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
     miou = s["miou"] if math.isfinite(s["miou"]) else -1.0
     if miou > run.best_miou:
       run.best_miou, run.best_step = miou, step
-      spec = ckpt_lib.generator_spec_from_config(config, step=step, miou=miou,
+      spec = export.generator_spec_from_config(config, step=step, miou=miou,
                                                  mean_mode=s["mean_mode"])
       host_vars = par.unreplicate(g_variables(st))
-      paths["best_model"] = ckpt_lib.export_model(os.path.join(workdir, ckpt_lib.BEST_MODEL),
+      paths["best_model"] = export.export_model(os.path.join(workdir, ckpt_lib.BEST_MODEL),
                                                   host_vars, spec)
       log.info("new best mIoU %s at step %d -> %s", _pct(miou), step, paths["best_model"])
     run.last_eval = ev
@@ -742,8 +653,8 @@ def train(config: Any, workdir: str, *, allow_config_change: bool = False,
   if status == "completed" and run.last_eval is None:
     evaluate(step, states)
   if status == "completed":
-    spec = ckpt_lib.generator_spec_from_config(config, step=step)
-    paths["final_model"] = ckpt_lib.export_model(os.path.join(workdir, ckpt_lib.FINAL_MODEL),
+    spec = export.generator_spec_from_config(config, step=step)
+    paths["final_model"] = export.export_model(os.path.join(workdir, ckpt_lib.FINAL_MODEL),
                                                  par.unreplicate(g_variables(states)), spec)
   if os.path.isdir(os.path.join(workdir, ckpt_lib.BEST_MODEL)):
     paths["best_model"] = os.path.join(workdir, ckpt_lib.BEST_MODEL)

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from advseg_jax import compile_options
+from advseg_jax.kernels import compile_options
 
 AXIS = "batch"
 MODES = ("pmap", "shard_map", "jit")
@@ -64,7 +64,7 @@ class Parallel:
   # ------------------------------------------------------------------------------ binding
   def bind_train_step(self, body: Callable, donate_states: bool = True):
     """body(states, batch, rng) with replicated states and rng, sharded batch; compiled with
-    `advseg_jax.compile_options` (on CPU: optimisation barriers kept through fusion)."""
+    `advseg_jax.kernels.compile_options` (on CPU: optimisation barriers kept through fusion)."""
     donate = (0,) if donate_states else ()
     if self.mode == "jit":
       return compile_options.jit(body, devices=self.local_devices, donate_argnums=donate)

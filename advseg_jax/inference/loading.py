@@ -1,0 +1,130 @@
+"""Loading a generator or discriminator for inference from a model directory, a training
+workdir or one checkpoint step directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from advseg_jax import model_io
+from advseg_jax.train.checkpoint import (BEST_MODEL, CHECKPOINT_DIR, FINAL_MODEL, CheckpointError,
+                                         _abs, _one_line, valid_steps)
+from advseg_jax.train.export import discriminator_spec_from_config, generator_spec_from_config
+
+log = logging.getLogger(__name__)
+
+
+def _is_model_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, model_io.SPEC_FILE))
+
+
+def _config_from_meta(meta: Mapping[str, Any], where: str):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  cfg = meta.get("config")
+  if not isinstance(cfg, Mapping):
+    raise CheckpointError(f"{where}: meta has no config")
+  return ml_collections.ConfigDict(cfg)
+
+
+def _restore_raw_step(step_dir: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]],
+                                               Dict[str, Any]]:
+  """(g_state dict, d_state dict or None, meta) of one step directory, without templates."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  out = {}
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      out["g"] = ckptr.restore(os.path.join(step_dir, "g_state"))
+      d_dir = os.path.join(step_dir, "d_state")
+      out["d"] = ckptr.restore(d_dir) if os.path.isdir(d_dir) else None
+    meta_dir = os.path.join(step_dir, "meta")
+    meta_files = [f for f in os.listdir(meta_dir) if not f.startswith(("_", "commit"))]
+    with open(os.path.join(meta_dir, meta_files[0])) as f:
+      meta = json.load(f)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"checkpoint {step_dir} is unreadable ({_one_line(e)})") from None
+  return out["g"], out["d"], meta
+
+
+def _load_from_checkpoints(workdir: str, want: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  problems = []
+  for step in valid_steps(ckpt_dir):
+    step_dir = os.path.join(ckpt_dir, str(step))
+    try:
+      return _variables_from_step(step_dir, want)
+    except CheckpointError as e:
+      problems.append(str(e))
+      log.warning("%s; trying an older step", e)
+  raise CheckpointError(f"{workdir}: no usable checkpoint in {ckpt_dir}"
+                        + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+def _variables_from_step(step_dir: str, want: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  g, d, meta = _restore_raw_step(step_dir)
+  config = _config_from_meta(meta, step_dir)
+  step = int(meta.get("step", -1))
+  if want == "generator":
+    variables = {"params": g["params"], "batch_stats": g.get("batch_stats") or {}}
+    spec = generator_spec_from_config(config, step=step, source={"checkpoint": step_dir})
+    return variables, spec
+  spec = discriminator_spec_from_config(config)
+  if spec is None or d is None:
+    raise CheckpointError(f"{step_dir}: no discriminator usable for inference (method "
+                          f"{config.method.name}, disc.arch {config.disc.arch})")
+  params = d["params"]
+  level = "main" if "main" in params else sorted(params)[-1]
+  spec["level"] = level
+  spec["step"] = step
+  return {"params": params[level]}, spec
+
+
+def load_for_inference(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`(variables, spec)` of a generator for evaluation / prediction.
+
+  `path` may be a model directory (`model.json`), a training workdir (its `best_model/` if
+  present, else the latest readable checkpoint, else `final_model/`) or one checkpoint step
+  directory (`WORKDIR/checkpoints/<step>`).
+  """
+  path = _abs(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: no such directory (expected a model directory or a "
+                          f"training workdir)")
+  if _is_model_dir(path):
+    return model_io.load_model(path)
+  best = os.path.join(path, BEST_MODEL)
+  if _is_model_dir(best):
+    return model_io.load_model(best)
+  if valid_steps(os.path.join(path, CHECKPOINT_DIR)):
+    return _load_from_checkpoints(path, "generator")
+  final = os.path.join(path, FINAL_MODEL)
+  if _is_model_dir(final):
+    return model_io.load_model(final)
+  if os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR and \
+      os.path.basename(path).isdigit():
+    return _variables_from_step(path, "generator")
+  raise CheckpointError(f"{path}: neither a model directory ({model_io.SPEC_FILE}) nor a "
+                        f"training workdir ({BEST_MODEL}/, {CHECKPOINT_DIR}/ or "
+                        f"{FINAL_MODEL}/)")
+
+
+def load_discriminator_for_inference(path: str) -> Optional[Tuple[Dict[str, Any],
+                                                                  Dict[str, Any]]]:
+  """`(variables, spec)` of the (main-level) discriminator of a training workdir's latest
+  checkpoint (or of one step directory), or None when the run has no usable D."""
+  path = _abs(path)
+  if os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR and \
+      os.path.basename(path).isdigit():
+    step_dirs = [path]
+  else:
+    ckpt_dir = os.path.join(path, CHECKPOINT_DIR)
+    step_dirs = [os.path.join(ckpt_dir, str(s)) for s in valid_steps(ckpt_dir)]
+  for step_dir in step_dirs:
+    try:
+      return _variables_from_step(step_dir, "discriminator")
+    except CheckpointError as e:
+      if "no discriminator" in str(e):
+        return None
+      log.warning("%s; trying an older step", e)
+  return None

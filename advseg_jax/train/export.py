@@ -1,0 +1,81 @@
+"""Model directories of a training run: the generator / discriminator spec of a config, and
+the export of `best_model/` and `final_model/`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Mapping, Optional
+
+import jax
+
+from advseg_jax import model_io
+from advseg_jax.train.checkpoint import (_OS_PROBLEMS, CheckpointWriteError, _abs, _json_normal,
+                                         _write_problem, to_host)
+
+log = logging.getLogger(__name__)
+
+
+def _dataset_info(stream: Any):
+  try:
+    from advseg_jax import data  # pylint: disable=import-outside-toplevel
+    return data.get_info(stream.name, stream.config_name)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def generator_spec_from_config(config: Any, **extra: Any) -> Dict[str, Any]:
+  """The model_io spec of the generator `config.model` trains, with its preprocessing.
+
+  Preprocessing comes from the labelled / source stream `config.data` (channel order, mean);
+  extra keys: dataset, config_name, class_names, eval settings, method.
+  """
+  m, s = config.model, config.data
+  info = _dataset_info(s)
+  channel_order = s.channel_order or (info.default_channel_order if info else "RGB")
+  spec = model_io.generator_spec(
+      m.arch, int(m.num_classes), depths=m.depths, width=int(m.width),
+      stride_in_1x1=bool(m.stride_in_1x1), aspp_branches_used=int(m.aspp_branches_used),
+      bn_mode=str(m.bn_mode), channel_order=channel_order, mean_bgr=tuple(s.mean_bgr))
+  spec["dtype"] = str(m.dtype)
+  spec["dataset"] = s.name
+  spec["config_name"] = s.config_name
+  if info is not None and info.num_classes == int(m.num_classes):
+    spec["class_names"] = list(info.class_names)
+  e = config.eval_data
+  spec["eval"] = {"dataset": e.name, "config_name": e.config_name, "split": e.split,
+                  "eval_mode": e.eval_mode, "eval_pad_size": list(e.eval_pad_size),
+                  "eval_resize_size": list(e.eval_resize_size)}
+  spec["method"] = config.method.name
+  spec.update(extra)
+  return _json_normal(spec)
+
+
+def discriminator_spec_from_config(config: Any) -> Optional[Dict[str, Any]]:
+  """model_io spec of the discriminator(s), or None (supervised / Luc et al.'s image_label)."""
+  from advseg_jax.train.state import d_input_channels  # pylint: disable=import-outside-toplevel
+  if config.method.name == "supervised":
+    return None
+  arch = {"fc": "fc_discriminator", "fc2": "fc2_discriminator"}.get(config.disc.arch)
+  if arch is None:
+    return None
+  spec = model_io.discriminator_spec(arch, d_input_channels(config), ndf=int(config.disc.ndf))
+  spec["gan"] = config.method.gan
+  return spec
+
+
+def export_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
+  """Writes a model directory (replacing an existing one atomically); process 0 only."""
+  directory = _abs(directory)
+  if jax.process_index() != 0:
+    return directory
+  variables = {k: to_host(dict(v)) for k, v in variables.items()}
+  try:
+    return model_io.save_model(directory, variables, spec, overwrite=True)
+  except (OSError, ValueError, RuntimeError) as e:
+    if isinstance(e, ValueError) and not _OS_PROBLEMS.search(str(e)):
+      raise  # a bad spec / variables: not a write problem
+    raise CheckpointWriteError(
+        f"could not write the model {directory}: {_write_problem(e)}; the previous "
+        f"{os.path.basename(directory)} (if any) is unchanged. Free disk space or make "
+        f"{os.path.dirname(directory)} writable, then run the same command again.") from None

@@ -1,0 +1,218 @@
+"""advseg_jax.train.checkpoint on small trees: save / restore, fallback from a corrupt or unfinished
+latest step, config comparison, exported models and `load_for_inference`."""
+
+import glob
+import os
+
+from tests import loop_helpers  # noqa: F401  (JAX test settings)
+import numpy as np
+import pytest
+
+from advseg_jax.train import checkpoint as ck
+from advseg_jax.inference import loading
+from advseg_jax.train import export
+from advseg_jax import model_io
+from advseg_jax.config import defaults as config_defaults
+
+
+def _tree(v):
+  return {"params": {"w": np.full((2, 3), v, np.float32), "b": np.arange(3, dtype=np.float32)},
+          "step": np.asarray(int(v), np.int32)}
+
+
+def _meta(config=None):
+  return {"config": config or {"a": 1, "b": {"c": [1, 2]}, "log_every": 10}, "method": "x",
+          "best_miou": 0.5, "best_step": 2}
+
+
+def _save_steps(workdir, steps, keep=3, d=True):
+  c = ck.TrainCheckpointer(workdir, keep=keep)
+  for s in steps:
+    c.save(s, _tree(s), _tree(-s) if d else None, _meta(), {"labelled": {"next_index": s}})
+  c.close()
+
+
+def _corrupt(step_dir):
+  files = glob.glob(os.path.join(step_dir, "g_state", "d", "*"))
+  assert files, os.listdir(os.path.join(step_dir, "g_state"))
+  for f in files:
+    open(f, "wb").close()
+
+
+def test_save_restore_keep_and_data_states(tmp_path):
+  _save_steps(str(tmp_path), [1, 2, 3, 4], keep=2)
+  c = ck.TrainCheckpointer(str(tmp_path), keep=2)
+  assert c.all_steps() == [3, 4]
+  r = c.restore_latest(_tree(0), _tree(0))
+  assert r.step == 4 and r.meta["step"] == 4 and r.meta["best_miou"] == 0.5
+  np.testing.assert_array_equal(r.g["params"]["w"], np.full((2, 3), 4, np.float32))
+  np.testing.assert_array_equal(r.d["params"]["w"], np.full((2, 3), -4, np.float32))
+  assert r.data_states == {"labelled": {"next_index": 4}}
+  assert r.g["params"]["w"].shape == (2, 3)  # no device axis
+  c.close()
+
+
+def test_supervised_without_d(tmp_path):
+  _save_steps(str(tmp_path), [5], d=False)
+  c = ck.TrainCheckpointer(str(tmp_path))
+  r = c.restore_latest(_tree(0), None)
+  assert r.step == 5 and r.d is None
+  c.close()
+
+
+def test_corrupt_latest_falls_back_and_is_moved_aside(tmp_path):
+  wd = str(tmp_path)
+  _save_steps(wd, [2, 4])
+  _corrupt(os.path.join(wd, "checkpoints", "4"))
+  os.makedirs(os.path.join(wd, "checkpoints", "6.orbax-checkpoint-tmp-123", "g_state"))
+  messages = []
+  c = ck.TrainCheckpointer(wd, report=messages.append)
+  r = c.restore_latest(_tree(0), _tree(0))
+  assert r.step == 2
+  assert len(messages) == 2
+  assert "checkpoints/6.orbax-checkpoint-tmp-123 is incomplete" in messages[0]
+  bad = [m for m in messages if "checkpoints/4 is incomplete or corrupt" in m]
+  assert len(bad) == 1 and "using step 2 instead" in bad[0] and "\n" not in bad[0]
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints.corrupt")))[0].startswith("4-")
+  assert c.all_steps() == [2]
+  # training continues: step 4 can be written again
+  c.save(4, _tree(44), _tree(-44), _meta(), {})
+  c.close()
+  c = ck.TrainCheckpointer(wd)
+  assert c.restore_latest(_tree(0), _tree(0)).step == 4
+  c.close()
+
+
+def test_missing_item_and_bad_meta_are_reported(tmp_path):
+  wd = str(tmp_path)
+  _save_steps(wd, [1, 2, 3])
+  import shutil
+  shutil.rmtree(os.path.join(wd, "checkpoints", "3", "d_state"))
+  meta_dir = os.path.join(wd, "checkpoints", "2", "meta")
+  for f in os.listdir(meta_dir):
+    if not f.startswith(("_", "commit")):
+      with open(os.path.join(meta_dir, f), "w") as fh:
+        fh.write("{broken")
+  messages = []
+  c = ck.TrainCheckpointer(wd, report=messages.append)
+  assert c.restore_latest(_tree(0), _tree(0)).step == 1
+  assert any("checkpoints/3" in m and "d_state" in m for m in messages)
+  assert any("checkpoints/2" in m and "meta unreadable" in m for m in messages)
+  c.close()
+
+
+def test_nothing_restorable_raises_and_moves_nothing(tmp_path):
+  wd = str(tmp_path)
+  _save_steps(wd, [1])
+  _corrupt(os.path.join(wd, "checkpoints", "1"))
+  c = ck.TrainCheckpointer(wd)
+  with pytest.raises(ck.CheckpointError,
+                     match=r"no checkpoint .* could be restored \(nothing was changed; .*\): step 1"):
+    c.restore_latest(_tree(0), _tree(0))
+  assert c.all_steps() == [1]
+  c.close()
+
+
+def test_check_meta_refusal_propagates(tmp_path):
+  wd = str(tmp_path)
+  _save_steps(wd, [1, 2])
+
+  def check(meta):
+    diffs = ck.config_differences(meta["config"], {"a": 2, "b": {"c": [1, 2]}, "log_every": 5})
+    raise ck.ConfigChangeError(ck.format_differences(diffs))
+
+  c = ck.TrainCheckpointer(wd)
+  with pytest.raises(ck.ConfigChangeError, match=r"^a: 1 -> 2$"):
+    c.restore_latest(_tree(0), _tree(0), check)
+  assert c.all_steps() == [1, 2]
+  c.close()
+
+
+def test_config_differences():
+  a = config_defaults.base_config()
+  b = config_defaults.base_config()
+  b.method.lambda_adv = 0.5
+  b.data.crop_size = (41, 41)
+  b.log_every = 1                      # operational: ignored
+  b.data.data_dir = "/elsewhere"       # operational: ignored
+  b.init.checkpoint = "x.pth"          # only used for a fresh start: ignored
+  b.model.pointwise_impl = "conv"      # float rounding only: ignored
+  b.model.conv_dx_impl = "xla"         # float rounding only: ignored
+  b.model.aspp_impl = "conv"           # float rounding only: ignored
+  diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b))
+  assert [d[0] for d in diffs] == ["data.crop_size", "method.lambda_adv"]
+  # A workdir written before the field existed resumes too.
+  old = ck.config_to_dict(a)
+  del old["model"]["pointwise_impl"]
+  del old["model"]["conv_dx_impl"]
+  del old["model"]["aspp_impl"]
+  assert ck.config_differences(old, ck.config_to_dict(a)) == []
+  assert ck.format_differences(diffs) == ("data.crop_size: [321, 321] -> [41, 41]; "
+                                          "method.lambda_adv: 0.01 -> 0.5")
+  all_diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b),
+                                    include_operational=True)
+  assert len(all_diffs) == 8
+
+
+def _tiny_config():
+  c = config_defaults.base_config()
+  c.model.depths = "tiny"
+  c.model.width = 8
+  c.model.num_classes = 5
+  c.disc.ndf = 8
+  c.data = config_defaults.stream_config("shapes", config_name="source", crop_size=(33, 33))
+  c.eval_data = config_defaults.stream_config("shapes", config_name="source", split="validation",
+                                          crop_size=None, eval_mode="none")
+  return c
+
+
+def _zeros(tree):
+  import jax
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), tree)
+
+
+def test_export_and_load_for_inference(tmp_path):
+  config = _tiny_config()
+  spec = export.generator_spec_from_config(config, step=7)
+  assert spec["channel_order"] == "RGB" and spec["dataset"] == "shapes"
+  assert spec["config_name"] == "source" and spec["num_classes"] == 5
+  assert spec["class_names"][1] == "disc" and len(spec["mean_bgr"]) == 3
+  assert spec["depths"] == [1, 1, 1, 1] and spec["eval"]["eval_mode"] == "none"
+  variables = _zeros(model_io.abstract_variables(spec))
+  variables["params"]["conv1"]["kernel"] = np.ones_like(variables["params"]["conv1"]["kernel"])
+
+  # a training workdir with only checkpoints: the spec is rebuilt from the saved config
+  wd = str(tmp_path / "run")
+  c = ck.TrainCheckpointer(wd)
+  g = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+       "opt_state": {"mu": np.zeros(3, np.float32)}, "step": np.asarray(3, np.int32)}
+  d = {"params": {"main": {"conv1": {"kernel": np.ones((4, 4, 5, 8), np.float32),
+                                     "bias": np.zeros(8, np.float32)}}}}
+  c.save(3, g, d, {"config": ck.config_to_dict(config)}, {})
+  c.close()
+  v, s = loading.load_for_inference(wd)
+  assert s["arch"] == "deeplabv2" and s["step"] == 3 and s["num_classes"] == 5
+  np.testing.assert_array_equal(v["params"]["conv1"]["kernel"],
+                                variables["params"]["conv1"]["kernel"])
+  v2, s2 = loading.load_for_inference(os.path.join(wd, "checkpoints", "3"))
+  assert s2["step"] == 3
+  dv, ds = loading.load_discriminator_for_inference(wd)
+  assert ds["arch"] == "fc_discriminator" and ds["gan"] == "vanilla" and ds["level"] == "main"
+  assert dv["params"]["conv1"]["kernel"].shape == (4, 4, 5, 8)
+
+  # best_model wins once exported
+  export.export_model(os.path.join(wd, ck.BEST_MODEL), variables, dict(spec, miou=0.3))
+  v3, s3 = loading.load_for_inference(wd)
+  assert s3["miou"] == 0.3 and s3["step"] == 7
+  v4, s4 = loading.load_for_inference(os.path.join(wd, ck.BEST_MODEL))
+  assert s4 == s3
+  # overwriting an export is atomic and allowed
+  export.export_model(os.path.join(wd, ck.BEST_MODEL), variables, dict(spec, miou=0.4))
+  assert loading.load_for_inference(wd)[1]["miou"] == 0.4
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ck.CheckpointError, match="neither a model directory"):
+    loading.load_for_inference(str(empty))
+  with pytest.raises(ck.CheckpointError, match="no such directory"):
+    loading.load_for_inference(str(tmp_path / "missing"))

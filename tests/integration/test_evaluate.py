@@ -1,0 +1,264 @@
+"""`evaluate` end to end: converted random-weight .pth checkpoints (tiny DeepLab-v2) on the
+voc_aug and cityscapes dummy datasets, checked against reference implementations of the
+originals' metrics (evaluate_voc.py's ConfusionMatrix.jaccard, compute_iou.py's fast_hist /
+per_class_iu) and against a PyTorch forward of the same weights; plus the error paths.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tests.torch_ref import models as tr
+from advseg_jax.inference import evaluate
+from advseg_jax.data import prepare
+
+TINY = (1, 1, 1, 1)
+WIDTH = 8
+MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+DUMMY = os.path.join(os.path.dirname(prepare.__file__), "builders")
+# AdaptSegNet's cityscapes_list/info.json label2train, written out independently of labels.py.
+LABEL2TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+               24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+# --------------------------------------------------------------------------- references
+def voc_jaccard(gts, preds, nclass):
+  """evaluate_voc.py: ConfusionMatrix.generateM (gt < nclass) + jaccard() (TP > 0 classes)."""
+  m = np.zeros((nclass, nclass))
+  for gt, pred in zip(gts, preds):
+    for g, p in zip(gt.ravel(), pred.ravel()):
+      if g < nclass:
+        m[g, p] += 1.0
+  per_class = []
+  for i in range(nclass):
+    if not m[i, i] == 0:
+      per_class.append(m[i, i] / (np.sum(m[i, :]) + np.sum(m[:, i]) - m[i, i]))
+  return np.sum(per_class) / len(per_class), m
+
+
+def fast_hist(a, b, n):
+  k = (a >= 0) & (a < n)
+  return np.bincount(n * a[k].astype(int) + b[k], minlength=n ** 2).reshape(n, n)
+
+
+def per_class_iu(hist):
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist))
+
+
+def compute_iou(gts, preds, n):
+  """compute_iou.py: accumulated fast_hist, nanmean of per_class_iu."""
+  hist = np.zeros((n, n))
+  for gt, pred in zip(gts, preds):
+    if gt.shape != pred.shape:
+      continue
+    hist += fast_hist(gt.flatten(), pred.flatten(), n)
+  return np.nanmean(per_class_iu(hist)), hist
+
+
+def label2train(raw):
+  out = np.full(raw.shape, 255, np.uint8)
+  for k, v in LABEL2TRAIN.items():
+    out[raw == k] = v
+  return out
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  d = str(tmp_path_factory.mktemp("tfds"))
+  for name in ("voc_aug", "cityscapes"):
+    prepare.prepare_dataset(name, data_dir=d, manual_dir=os.path.join(DUMMY, name, "dummy_data"))
+  return d
+
+
+def _save(model, path):
+  torch.save(tr.state_dict_without_counters(model), path)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def voc_model(tmp_path_factory):
+  model = tr.randomize_(tr.Res_Deeplab(21, layers=TINY, width=WIDTH), seed=5,
+                     conv_gain=2.0).eval()
+  return model, _save(model, tmp_path_factory.mktemp("voc") / "voc_tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def city_model(tmp_path_factory):
+  model = tr.randomize_(tr.DeeplabMulti(19, layers=TINY, width=WIDTH), seed=7,
+                     conv_gain=2.0).eval()
+  return model, _save(model, tmp_path_factory.mktemp("city") / "city_tiny.pth")
+
+
+def _torch_arch_flags(arch):
+  return ["--arch", arch, "--depths", "1,1,1,1", "--width", str(WIDTH), "--no_progress"]
+
+
+def _voc_val():
+  root = os.path.join(DUMMY, "voc_aug", "dummy_data")
+  ids = open(os.path.join(root, "ImageSets/SegmentationAug/val.txt")).read().split()
+  return root, ids
+
+
+# --------------------------------------------------------------------------- VOC protocol
+def test_voc_protocol_matches_evaluate_voc(voc_model, data_dir, tmp_path, capsys):
+  model, pth = voc_model
+  out_json, preds = tmp_path / "voc.json", tmp_path / "pred"
+  rc = evaluate.main(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2"),
+                      "--dataset", "voc_aug", "--data_dir", data_dir,
+                      "--output_json", str(out_json), "--save_predictions", str(preds)])
+  printed = capsys.readouterr().out
+  assert rc == 0, printed
+  res = json.loads(out_json.read_text())
+  assert res["protocol"] == "voc" and res["pad_size"] == [505, 505] and res["num_images"] == 2
+
+  root, ids = _voc_val()
+  gts, ours, ref = [], [], []
+  for i in ids:
+    gt = np.array(Image.open(os.path.join(root, "SegmentationClassAug", f"{i}.png")))
+    im = Image.open(preds / f"{i}.png")
+    assert im.mode == "P" and im.size == (gt.shape[1], gt.shape[0])
+    ours.append(np.array(im).astype(np.int64))
+    gts.append(gt.astype(np.int64))
+    # evaluate_voc.py's forward: RGB minus mean, pad bottom/right to 505, upsample the
+    # stride-8 logits (align_corners=True) to 505, crop, argmax.
+    rgb = np.asarray(Image.open(os.path.join(root, "JPEGImages", f"{i}.jpg")).convert("RGB"),
+                     np.float32) - MEAN_BGR[::-1]
+    h, w = rgb.shape[:2]
+    x = np.zeros((505, 505, 3), np.float32)
+    x[:h, :w] = rgb
+    with torch.no_grad():
+      logits = model(torch.from_numpy(x.transpose(2, 0, 1)[None].copy()))
+      up = F.interpolate(logits, size=(505, 505), mode="bilinear", align_corners=True)
+    ref.append(up[0].numpy().transpose(1, 2, 0)[:h, :w].argmax(-1))
+
+  # The metric: our JSON equals evaluate_voc's jaccard over our saved predictions.
+  miou, m = voc_jaccard(gts, ours, 21)
+  assert res["miou"] == pytest.approx(miou, abs=1e-9)
+  np.testing.assert_array_equal(np.asarray(res["confusion"]), m.astype(np.int64))
+  assert f"{100 * miou:.2f}" in printed
+  # The forward: our predictions equal a PyTorch forward of the same .pth.
+  agree = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(ours, ref)]))
+  assert agree >= 0.999, agree
+  ref_miou, _ = voc_jaccard(gts, ref, 21)
+  assert res["miou"] == pytest.approx(ref_miou, abs=0.02)
+  # Non-trivial fixture: several classes predicted.
+  assert len(np.unique(np.concatenate([o.ravel() for o in ours]))) >= 3
+
+
+def test_voc_batch_flip_and_scales(voc_model, data_dir, tmp_path):
+  _, pth = voc_model
+  outs = []
+  for extra in ([], ["--batch_size", "2"], ["--batch_size", "2", "--flip", "--scales",
+                                             "0.5,1"]):
+    path = tmp_path / f"r{len(outs)}.json"
+    rc = evaluate.main(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2"),
+                        "--dataset", "voc_aug", "--data_dir", data_dir, "--pad_size", "64",
+                        "--output_json", str(path), *extra])
+    assert rc == 0
+    outs.append(json.loads(path.read_text()))
+  # batch > 1 pads examples into one batch; the result must not change.
+  assert outs[0]["confusion"] == outs[1]["confusion"]
+  assert outs[2]["flip"] is True and outs[2]["scales"] == [0.5, 1.0]
+  assert sum(map(sum, outs[2]["confusion"])) == sum(map(sum, outs[0]["confusion"]))
+  # corrected mean over all 21 classes is never above the TP>0 mean.
+  assert outs[0]["miou_all_classes"] <= outs[0]["miou"] + 1e-12
+
+
+# --------------------------------------------------------------------------- Cityscapes protocol
+def test_cityscapes_protocol_matches_compute_iou(city_model, data_dir, tmp_path, capsys):
+  model, pth = city_model
+  out_json, preds = tmp_path / "city.json", tmp_path / "pred"
+  rc = evaluate.main(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2_multi"),
+                      "--dataset", "cityscapes", "--data_dir", data_dir,
+                      "--output_json", str(out_json), "--save_predictions", str(preds)])
+  printed = capsys.readouterr().out
+  assert rc == 0, printed
+  res = json.loads(out_json.read_text())
+  assert res["protocol"] == "cityscapes" and res["input_size"] == [512, 1024]
+  assert res["channel_order"] == "BGR"
+
+  root = os.path.join(DUMMY, "cityscapes", "dummy_data")
+  gts, ours, ref = [], [], []
+  for city, stem in (("frankfurt", "frankfurt_000000_000294"), ("lindau", "lindau_000000_000019")):
+    raw = np.array(Image.open(os.path.join(root, "gtFine", "val", city,
+                                           f"{stem}_gtFine_labelIds.png")))
+    gts.append(label2train(raw).astype(np.int64))
+    ours.append(np.array(Image.open(preds / city / f"{stem}_leftImg8bit.png")).astype(np.int64))
+    # evaluate_cityscapes.py: PIL bicubic resize to 1024x512, RGB->BGR, minus mean; main
+    # output upsampled (align_corners=True) to the label size; argmax.
+    img = Image.open(os.path.join(root, "leftImg8bit", "val", city,
+                                  f"{stem}_leftImg8bit.png")).convert("RGB")
+    x = np.asarray(img.resize((1024, 512), Image.BICUBIC), np.float32)[:, :, ::-1] - MEAN_BGR
+    with torch.no_grad():
+      _, main = model(torch.from_numpy(x.transpose(2, 0, 1)[None].copy()))
+      up = F.interpolate(main, size=raw.shape, mode="bilinear", align_corners=True)
+    ref.append(up[0].numpy().argmax(0))
+
+  miou, hist = compute_iou(gts, ours, 19)
+  assert res["miou"] == pytest.approx(miou, abs=1e-9)
+  np.testing.assert_array_equal(np.asarray(res["confusion"]), hist.astype(np.int64))
+  iu = per_class_iu(hist)
+  for name, v in zip(res["per_class_iou"], iu):
+    got = res["per_class_iou"][name]
+    assert (got is None and np.isnan(v)) or got == pytest.approx(v, abs=1e-12)
+  assert f"{100 * miou:.2f}" in printed
+  agree = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(ours, ref)]))
+  assert agree >= 0.999, agree
+
+
+# --------------------------------------------------------------------------- errors and help
+def _one_error_line(capsys):
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  assert "Traceback" not in err[0]
+  return err[0]
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+  assert evaluate.main([str(tmp_path / "nope"), "--dataset", "voc_aug"]) == 2
+  assert "no such file or directory" in _one_error_line(capsys)
+
+
+def test_wrong_architecture(city_model, data_dir, capsys):
+  _, pth = city_model  # a DeeplabMulti .pth loaded as Res_Deeplab
+  rc = evaluate.main(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2"),
+                      "--dataset", "cityscapes", "--data_dir", data_dir])
+  assert rc == 2
+  line = _one_error_line(capsys)
+  assert "mismatch" in line and "--arch deeplabv2" in line
+
+
+def test_wrong_class_count(voc_model, data_dir, capsys):
+  _, pth = voc_model
+  rc = evaluate.main(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2"),
+                      "--num_classes", "21", "--dataset", "cityscapes", "--data_dir", data_dir])
+  assert rc == 2
+  line = _one_error_line(capsys)
+  assert "21 classes" in line and "19" in line
+
+
+def test_dataset_not_prepared(voc_model, tmp_path, capsys):
+  _, pth = voc_model
+  rc = evaluate.main(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2"),
+                      "--dataset", "voc_aug", "--data_dir", str(tmp_path / "empty")])
+  assert rc == 2
+  assert "prepare" in _one_error_line(capsys)
+
+
+def test_help_explains_every_flag(capsys):
+  assert evaluate.main(["--help"]) == 0
+  text = capsys.readouterr().out
+  parser = evaluate.build_parser()
+  for action in parser._actions:  # pylint: disable=protected-access
+    for opt in action.option_strings:
+      assert opt in text
+    assert action.help, action.dest

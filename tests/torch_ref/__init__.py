@@ -1,0 +1,1 @@
+"""PyTorch renderings of the original networks and training iterations (test references)."""

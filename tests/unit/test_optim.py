@@ -1,0 +1,320 @@
+"""The optimisers of `advseg_jax.train.optim` vs PyTorch (ORIGINALS.md §1.5, §4.1, §6.1).
+
+* Multiplicities: the per-leaf update counts of `generator_param_roles` equal how often the
+  originals' `optim_parameters()` lists each parameter (full-depth Res_Deeplab(21): stem conv
+  1x, 99 bottleneck convs 3x, 4 downsample convs 4x; BN affine 0), the head gets 10x LR, and
+  the dead ASPP branches (grad None in torch) get multiplicity 0.
+* `legacy_duplicate_updates=True` == a hand-written PyTorch 0.2-0.4 SGD loop over that
+  listing (grad += wd * p in place, one shared momentum buffer, p -= lr * buf, once per
+  listing), several steps with the poly schedule.
+* Normal mode == `torch.optim.SGD` with the two de-duplicated parameter groups (10x head) and
+  poly LR; D Adam == `torch.optim.Adam(betas=(0.9, 0.99))` with poly LR (also with coupled
+  weight decay), and the ICLR reproduction's SGD(momentum 0.5, nesterov, wd 1e-4).
+
+Random weights, random gradients every step (fresh each run; seeds in the messages). Dead
+branches and BN affine get random JAX gradients too: multiplicity 0 must ignore them.
+"""
+
+from __future__ import annotations
+
+import os
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+from tests.torch_ref import models as tr
+from tests.torch_ref import training as ttr
+from advseg_jax.config.defaults import base_config
+from advseg_jax.models.deeplab import DeepLabV2
+from advseg_jax.models.discriminator import FCDiscriminator
+from advseg_jax.train import optim
+
+TOL = 1e-6  # "exact": float32 rounding only
+K = 3
+TINY = (1, 1, 1, 1)
+NUM_STEPS = 6  # poly schedule length; we take 4 steps, so the LR decays to (1 - 3/6)^0.9
+
+
+def _seed():
+  """A fresh seed per run; ADVSEG_TEST_SEED=<int> reproduces a reported failure."""
+  if os.environ.get("ADVSEG_TEST_SEED"):
+    return int(os.environ["ADVSEG_TEST_SEED"])
+  return int(np.random.SeedSequence().entropy % (2**31 - 1))
+
+
+def _rel(a, b, floor=0.0) -> float:
+  """max |a - b| / max |b|; `floor` bounds the scale from below (a 1-element bias near zero
+  would otherwise turn an ulp of its update into a large "relative" error)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  scale = max(np.abs(b).max(), floor)
+  return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a).max())
+
+
+def _update_err(got_new, got_old, want_new, want_old) -> float:
+  """Relative error of this step's update, each side from its own previous parameters
+  (`got_new - got_old` vs `want_new - want_old`; JAX's and torch's parameters drift apart by float32
+  ulps over the steps, which is not an error of this step's update), less 2 float32 ulps of the
+  parameters per element (they are stored in float32, so an update is only known to that)."""
+  f64 = lambda a: np.asarray(a, np.float64)
+  got_upd, want_upd = f64(got_new) - f64(got_old), f64(want_new) - f64(want_old)
+  slack = 2.0 * np.spacing(np.abs(np.asarray(want_new, np.float32))).astype(np.float64)
+  diff = np.maximum(np.abs(got_upd - want_upd) - slack, 0.0)
+  return float(diff.max() / np.abs(want_upd).max())
+
+
+def _g_template(multi: bool = False, depths=TINY, width: int = 8, num_classes: int = K):
+  model = DeepLabV2(num_classes=num_classes, multi_level=multi, depths=depths, width=width)
+  return jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 33, 33, 3))), jax.random.key(0))
+
+
+def _flat_roles(params_template, heads, legacy, branches=2):
+  mult, lr_mult = optim.generator_param_roles(params_template, heads, branches, legacy)
+  return (ttr.flax_to_torch_arrays(mult), ttr.flax_to_torch_arrays(lr_mult))
+
+
+# --------------------------------------------------------------------------- multiplicities
+def test_multiplicities_match_the_original_listing_full_depth():
+  model = tr.Res_Deeplab(21, aspp_branches=2)  # full ResNet-101
+  listing = tr.param_multiplicity(tr.optim_parameters(model, 1.0), model)
+  template = _g_template(depths=(3, 4, 23, 3), width=64, num_classes=21)["params"]
+  for legacy in (True, False):
+    mult, lr_mult = _flat_roles(template, ("layer5",), legacy)
+    assert set(mult) == set(listing), sorted(set(mult) ^ set(listing))
+    for name, count in listing.items():
+      m = int(np.asarray(mult[name]))
+      if name.startswith("layer5."):
+        branch = int(name.split(".")[2])
+        # torch lists all four branches, but 2 and 3 never get a gradient (skipped).
+        assert m == (1 if branch < 2 else 0), (name, m)
+        assert float(np.asarray(lr_mult[name])) == 10.0, name
+      else:
+        assert m == (count if legacy else min(count, 1)), (name, m, count)
+        assert float(np.asarray(lr_mult[name])) == 1.0, name
+  counts = {}
+  for name, count in listing.items():
+    if not name.startswith("layer5."):
+      counts[count] = counts.get(count, 0) + 1
+  # ORIGINALS.md §1.5: stem 1x, 99 bottleneck convs 3x, 4 downsample convs 4x, BN affine 0.
+  assert counts == {0: 104 * 2, 1: 1, 3: 99, 4: 4}, counts
+
+
+def test_multiplicities_deeplab_multi_heads():
+  model = tr.DeeplabMulti(K, aspp_branches=2, layers=TINY, width=8)
+  listing = tr.param_multiplicity(tr.optim_parameters(model, 1.0), model)
+  mult, lr_mult = _flat_roles(_g_template(multi=True)["params"], ("layer5", "layer6"), True)
+  for name, count in listing.items():
+    head = name.startswith(("layer5.", "layer6."))
+    if head:
+      assert int(np.asarray(mult[name])) == (1 if int(name.split(".")[2]) < 2 else 0), name
+    else:
+      assert int(np.asarray(mult[name])) == count, name
+    assert float(np.asarray(lr_mult[name])) == (10.0 if head else 1.0), name
+
+
+# --------------------------------------------------------------------------- G SGD
+def _random_grads(rng, arrays, scale=1e-2):
+  return {n: (rng.normal(0, scale, a.shape)).astype(np.float32) for n, a in arrays.items()}
+
+
+def _live(name: str) -> bool:
+  """Parameters that get a gradient in torch: not BN affine (requires_grad False), not the
+  dead ASPP branches 2 and 3 (never used in the forward)."""
+  if ".conv2d_list." in name:
+    return int(name.split(".")[2]) < 2
+  return "bn" not in name and "downsample.1" not in name
+
+
+def _torch_legacy_step(groups, bufs, wd, momentum):
+  """PyTorch 0.2-0.4 `SGD.step` (ORIGINALS.md §1.5), written out: for every *listing* of
+  a parameter, in order: d_p = p.grad; d_p += wd * p (in place on the gradient); one shared
+  momentum buffer buf = m * buf + d_p (buf = d_p the first time); p -= lr * buf."""
+  with torch.no_grad():
+    for group in groups:
+      for p in group["params"]:
+        if p.grad is None:
+          continue
+        d_p = p.grad.data
+        d_p.add_(p.data, alpha=wd)
+        if id(p) not in bufs:
+          bufs[id(p)] = d_p.clone()
+        else:
+          bufs[id(p)].mul_(momentum).add_(d_p)
+        p.data.add_(bufs[id(p)], alpha=-group["lr"])
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy_duplicates", "torch_sgd"])
+def test_generator_sgd_matches_torch(legacy):
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  lr, wd, momentum = 0.05, 5e-4, 0.9  # large lr: the duplicated updates differ visibly
+  model = tr.randomize_(tr.Res_Deeplab(K, aspp_branches=2, layers=TINY, width=8), seed=seed)
+  template = _g_template()
+  params = ttr.torch_to_flax_variables(model, template)["params"]
+  twin = None
+  if legacy:  # the shared reference's LegacySGD must agree with the loop written here
+    twin = tr.randomize_(tr.Res_Deeplab(K, aspp_branches=2, layers=TINY, width=8), seed=seed)
+    twin_opt = tr.LegacySGD(tr.optim_parameters(twin, lr), lr=lr, momentum=momentum,
+                            weight_decay=wd)
+
+  cfg = base_config().optim_g
+  cfg.lr, cfg.momentum, cfg.weight_decay, cfg.power = lr, momentum, wd, 0.9
+  cfg.legacy_duplicate_updates = legacy
+  tx = optim.generator_optimizer(params, cfg, head_names=("layer5",), aspp_branches_used=2,
+                                 num_steps=NUM_STEPS)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def jax_step(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  if legacy:
+    groups = ttr.generator_param_groups(model, lr, duplicates=True)
+    bufs = {}
+  else:
+    opt = ttr.make_generator_optimizer(model, lr, momentum, wd, legacy=False)
+  named = dict(model.named_parameters())
+  before = prev = ttr.torch_arrays(model)
+  prev_got = ttr.flax_to_torch_arrays(jax.device_get(params))
+  worst = worst_u = 0.0
+  for step in range(4):
+    grads = _random_grads(rng, ttr.torch_arrays(model))
+    for name, p in named.items():
+      p.grad = torch.from_numpy(grads[name].copy()) if _live(name) else None
+    if legacy:
+      base = ttr.lr_poly(lr, step, NUM_STEPS, 0.9)
+      groups[0]["lr"], groups[1]["lr"] = base, 10 * base
+      _torch_legacy_step(groups, bufs, wd, momentum)
+      for name, p in twin.named_parameters():
+        p.grad = torch.from_numpy(grads[name].copy()) if _live(name) else None
+      ttr.adjust_learning_rate(twin_opt, lr, step, NUM_STEPS, 0.9)
+      twin_opt.step()
+    else:
+      ttr.adjust_learning_rate(opt, lr, step, NUM_STEPS, 0.9)
+      opt.step()
+    # JAX gets random gradients for every leaf, frozen and dead ones included.
+    params, opt_state = jax_step(params, opt_state,
+                                 ttr.torch_to_flax_variables(grads, template["params"]))
+    got = ttr.flax_to_torch_arrays(jax.device_get(params))
+    want = ttr.torch_arrays(model)
+    for name in want:
+      err = _rel(got[name], want[name])
+      worst = max(worst, err)
+      assert err <= TOL, f"step {step} {name}: rel err {err:.2e} (seed {seed})"
+      if not _live(name):
+        assert np.array_equal(got[name], before[name]), f"{name} changed (seed {seed})"
+      else:
+        assert not np.array_equal(want[name], before[name]), name
+        upd = _update_err(got[name], prev_got[name], want[name], prev[name])
+        worst_u = max(worst_u, upd)
+        assert upd <= 1e-4, f"step {step} {name}: update rel err {upd:.2e} (seed {seed})"
+    prev, prev_got = want, got
+    if twin is not None:
+      for name, w in ttr.torch_arrays(twin).items():
+        assert _rel(w, want[name]) <= TOL, f"LegacySGD vs loop: {name} (seed {seed})"
+  print(f"G SGD legacy={legacy}: params max rel err {worst:.2e}, updates {worst_u:.2e} over "
+        f"4 steps (seed {seed})")
+
+
+def test_legacy_and_plain_sgd_differ_only_on_duplicated_tensors():
+  """One step from the same state: tensors listed once agree, 3x/4x-listed ones do not."""
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  template = _g_template()
+  model = tr.randomize_(tr.Res_Deeplab(K, aspp_branches=2, layers=TINY, width=8), seed=seed)
+  params = ttr.torch_to_flax_variables(model, template)["params"]
+  grads = ttr.torch_to_flax_variables(_random_grads(rng, ttr.torch_arrays(model)),
+                                      template["params"])
+  out = {}
+  for legacy in (True, False):
+    cfg = base_config().optim_g
+    cfg.lr, cfg.legacy_duplicate_updates = 0.05, legacy
+    tx = optim.generator_optimizer(params, cfg, head_names=("layer5",), aspp_branches_used=2,
+                                   num_steps=NUM_STEPS)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    out[legacy] = ttr.flax_to_torch_arrays(jax.device_get(updates))
+  listing = tr.param_multiplicity(tr.optim_parameters(model, 1.0), model)
+  for name, count in listing.items():
+    same = np.allclose(out[True][name], out[False][name], rtol=1e-6, atol=0)
+    if count > 1 and _live(name):
+      assert not same, name
+      # k chained momentum steps from an empty buffer move sum_j (1 - 0.9^j) / 0.1 times as
+      # far as one (1, 1.9, 2.71, 3.44: 5.61x for 3 listings, 9.05x for 4), up to weight decay.
+      ratio = np.abs(out[True][name]).sum() / np.abs(out[False][name]).sum()
+      expected = sum((1 - 0.9**j) / 0.1 for j in range(1, count + 1))
+      assert abs(ratio / expected - 1) < 0.05, (name, count, ratio, expected)
+    else:
+      assert same, name
+
+
+# --------------------------------------------------------------------------- D optimisers
+@pytest.mark.parametrize("kind", ["adam", "adam_wd", "sgd_nesterov"])
+def test_discriminator_optimizer_matches_torch(kind):
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  torch.manual_seed(seed)
+  lr = 1e-3
+  model = tr.FCDiscriminator(K, ndf=8)
+  template = jax.eval_shape(lambda k: FCDiscriminator(ndf=8).init(k, jnp.zeros((1, 64, 64, K))),
+                            jax.random.key(0))["params"]
+  params = {"main": ttr.torch_to_flax_variables(model, template)}
+  cfg = base_config().optim_d
+  cfg.lr, cfg.power = lr, 0.9
+  if kind == "adam":
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+  elif kind == "adam_wd":
+    cfg.weight_decay = 1e-2
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=1e-2)
+  else:  # ICLR reproduction: SGD(lr, momentum 0.5, nesterov, weight decay 1e-4)
+    cfg.name, cfg.momentum, cfg.nesterov, cfg.weight_decay = "sgd", 0.5, True, 1e-4
+    lr = cfg.lr = 0.1
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.5, nesterov=True,
+                          weight_decay=1e-4)
+  tx = optim.discriminator_optimizer(cfg, num_steps=NUM_STEPS)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def jax_step(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  # optax computes Adam's bias correction 1 - b2**t in float32 (torch: in float64); at t = 2,
+  # 1 - 0.9801 magnifies the float32 error of 0.99**2 by ~50x, i.e. a few 1e-6 of an update,
+  # so Adam is exact only to ~1e-5 of a parameter near zero. SGD has no such term.
+  tol = 1e-5 if kind.startswith("adam") else TOL
+  worst_p = worst_u = 0.0
+  got = ttr.flax_to_torch_arrays(jax.device_get(params["main"]))
+  moved = {}  # per tensor: the sum over steps of torch's largest update
+  for step in range(4):
+    before, got_before = ttr.torch_arrays(model), got
+    grads = _random_grads(rng, before)
+    for name, p in model.named_parameters():
+      p.grad = torch.from_numpy(grads[name].copy())
+    ttr.adjust_learning_rate(opt, lr, step, NUM_STEPS, 0.9)
+    opt.step()
+    params, opt_state = jax_step(params, opt_state,
+                                 {"main": ttr.torch_to_flax_variables(grads, template)})
+    got = ttr.flax_to_torch_arrays(jax.device_get(params["main"]))
+    for name, want in ttr.torch_arrays(model).items():
+      # Relative to the parameter or, for a 1-element bias near zero, to how far it has moved:
+      # the two sides drift apart by each step's float32 error of the update, so after n steps
+      # the drift is bounded by the n updates together, not by the last one (seed 1421881808:
+      # classifier.bias at step 3, 1.56e-5 of that step's update).
+      moved[name] = moved.get(name, 0.0) + float(np.abs(want - before[name]).max())
+      err = _rel(got[name], want, floor=moved[name])
+      # Each side's update from its own previous parameters (see _update_err).
+      upd = _update_err(got[name], got_before[name], want, before[name])
+      worst_p, worst_u = max(worst_p, err), max(worst_u, upd)
+      assert err <= tol, f"{kind} step {step} {name}: rel err {err:.2e} (seed {seed})"
+      # Gradients here are ~1e-2 >> Adam's eps, so the updates themselves agree closely.
+      assert upd <= 1e-4, f"{kind} step {step} {name}: update rel err {upd:.2e} (seed {seed})"
+  print(f"D {kind}: params max rel err {worst_p:.2e}, updates {worst_u:.2e} (seed {seed})")
+
+
+def test_poly_schedule_is_lr_poly():
+  sched = optim.poly_schedule(2.5e-4, 20000, 0.9)
+  for i in (0, 1, 5000, 19999):
+    assert abs(float(sched(i)) - ttr.lr_poly(2.5e-4, i, 20000, 0.9)) <= 1e-6 * 2.5e-4
