@@ -1,4 +1,5 @@
-"""`python -m advseg_jax COMMAND [args]`: dispatches to the command modules (imported lazily)."""
+"""`python -m advseg_jax COMMAND [args]`: dispatches to the command modules of `advseg_jax.cli`
+(imported only when their command runs)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import List, Optional
 # command: (module with main(argv) -> int, one-line description)
 COMMANDS = {
     "train": ("advseg_jax.cli.train", "train / resume a run from a config preset"),
-    "evaluate": ("advseg_jax.inference.evaluate", "mIoU of a model directory or workdir on a split"),
-    "predict": ("advseg_jax.inference.predict", "segment images, write label / colour PNGs"),
-    "convert": ("advseg_jax.torch_port.convert", "PyTorch .pth <-> model directory"),
-    "prepare": ("advseg_jax.data.prepare", "build a dataset (TFDS array_record) for training"),
-    "report": ("advseg_jax.report", "one-page PNG + markdown report of a training workdir"),
+    "evaluate": ("advseg_jax.cli.evaluate", "mIoU of a model directory or workdir on a split"),
+    "predict": ("advseg_jax.cli.predict", "segment images, write label / colour PNGs"),
+    "convert": ("advseg_jax.cli.convert", "PyTorch .pth <-> model directory"),
+    "prepare": ("advseg_jax.cli.prepare", "build a dataset (TFDS array_record) for training"),
+    "report": ("advseg_jax.cli.report", "one-page PNG + markdown report of a training workdir"),
 }
 
 
@@ -43,17 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{module_name} is missing)", file=sys.stderr)
       return 2
     raise
-  entry = getattr(module, "main", None)
-  if entry is None:
-    print(f"error: command {cmd!r}: {module_name} has no main()", file=sys.stderr)
-    return 2
-  return int(entry(rest) or 0)
+  return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":
-  # Process entry only (not `main()` called in-process): the allocator settings are
-  # process-wide.
-  from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
-  host_malloc.reexec_with_hugepages()  # returns when there is nothing to do
-  host_malloc.configure()
   sys.exit(main())

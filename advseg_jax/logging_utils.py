@@ -6,7 +6,7 @@
     writer.close()
 
 TensorBoard: `clu.metric_writers` when TensorFlow and tensorboard are importable (the `[tf]`
-extra), otherwise `tensorboardX` (no TensorFlow; STACK.md §1.2). Both write standard
+extra), otherwise `tensorboardX` (no TensorFlow needed). Both write standard
 `events.out.tfevents.*` files under `workdir/tensorboard/`.
 
 `metrics.jsonl`: one JSON object per write, `{"step": N, "time": unix_seconds, name: value,

@@ -1,4 +1,4 @@
-"""Loss functions of the originals as pure functions (ORIGINALS.md §5), NHWC.
+"""Loss functions of the originals as pure functions (docs/FIDELITY.md §5), NHWC.
 
 Every loss is a mean. For multi-device data parallelism, pass the mapped `axis_name`: masked
 means are then normalised by the *global* count of valid elements, scaled so that

@@ -110,7 +110,7 @@ def supervised_generator_loss(ctx, g_params, batch_stats, d_params, batch, step)
 
 # ----------------------------------------------------------------------------- advsemi
 def advsemi_generator_loss(ctx, g_params, batch_stats, d_params, batch, step):
-  """AdvSemiSeg G step (ORIGINALS.md §6.3): unlabelled branch, then labelled CE + adv."""
+  """AdvSemiSeg G step (docs/FIDELITY.md §6.3): unlabelled branch, then labelled CE + adv."""
   hp = ctx.hp
   dp = d_params["main"]
   metrics: Metrics = {}
@@ -204,7 +204,8 @@ def _level_names(n: int) -> Tuple[str, ...]:
 
 
 def adaptseg_generator_loss(ctx, g_params, batch_stats, d_params, batch, step):
-  """AdaptSegNet G step (§7.2): source CE (main + lambda_seg aux), target adv per level."""
+  """AdaptSegNet G step (docs/FIDELITY.md §7.2): source CE (main + lambda_seg aux), target
+  adv per level."""
   del step
   hp = ctx.hp
   src = batch["source"]

@@ -3,8 +3,8 @@
 Confusion matrices are `int64 [K, K]`, rows = ground truth, columns = prediction, counting
 only pixels with `0 <= gt < K` (255 = ignore and any padding are skipped). Both originals
 build exactly this matrix: AdvSemiSeg `utils/metric.py:ConfusionMatrix.generateM` (pairs
-with `gt < 21`, ORIGINALS.md §6.6) and AdaptSegNet `compute_iou.py:fast_hist`
-(`k = (a >= 0) & (a < n)`, `bincount(n * a[k] + b[k])`, §7.4).
+with `gt < 21`, docs/FIDELITY.md §6.6) and AdaptSegNet `compute_iou.py:fast_hist`
+(`k = (a >= 0) & (a < n)`, `bincount(n * a[k] + b[k])`, docs/FIDELITY.md §7.4).
 
 They differ in how they average the per-class IoU `TP / (TP + FP + FN)`:
 
@@ -25,8 +25,7 @@ returns (and `LastValue` for learning rates) between two log points; `ConfusionM
 
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 import flax.struct
 import jax
@@ -195,9 +194,3 @@ class MetricAccumulator:
   def reset(self) -> None:
     self._metrics = {}
     self.count = 0
-
-
-def stack_host_metrics(rows: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
-  """`[{name: scalar}]` -> `{name: float64 [n]}` (names missing in a row become NaN)."""
-  names = sorted({k for r in rows for k in r})
-  return {k: np.array([float(r.get(k, math.nan)) for r in rows], np.float64) for k in names}

@@ -1,25 +1,18 @@
-"""Saving and loading converted models: `DIR/variables` (orbax) + `DIR/model.json` (spec).
+"""Model directories: `DIR/variables` (orbax) + `DIR/model.json` (the `ModelSpec`).
 
     save_model("/ckpt/voc_semi0.125", variables, spec)       # atomic; refuses to overwrite
-    variables, spec = load_model("/ckpt/voc_semi0.125")
-    model = build_from_spec(spec)                            # flax module
+    variables, spec = load_model("/ckpt/voc_semi0.125")      # spec: the model.json dict
+    model = registry.build(spec)                             # advseg_jax.models.registry
     logits = model.apply(variables, images_nhwc)
 
 `variables` is `{'params': ..., 'batch_stats': ...}` (generators) or `{'params': ...}`
 (discriminators), nested dicts of float32 arrays in the Flax (NHWC / HWIO) layout.
 
-`model.json` holds the spec, i.e. everything needed to rebuild the module and feed it:
-
-    kind                'generator' | 'discriminator'
-    arch                'deeplabv2' (Res_Deeplab) | 'deeplabv2_multi' (DeeplabMulti)
-                        | 'fc_discriminator' (FCDiscriminator) | 'fc2_discriminator' (ICLR Dis)
-    num_classes         classifier outputs (generators) / input channels (discriminators)
-    depths, width, stride_in_1x1, aspp_branches_used, bn_mode          (generators)
-    channel_order       'RGB' (AdvSemiSeg VOC models) | 'BGR' (AdaptSegNet, Caffe inits)
-    mean_bgr            per-channel mean in B, G, R order on the 0-255 scale; subtract it
-                        (re-ordered to `channel_order`) from 0-255 images
-    ndf                                                                 (discriminators)
-    source              optional provenance (file name, sha256, loading rule)
+`model.json` holds `ModelSpec.to_json()` (advseg_jax.models.spec: kind, arch, num_classes,
+the generator's depths, width, stride_in_1x1, aspp_branches_used, bn_mode, channel_order,
+mean_bgr or the discriminator's ndf, and dtype), i.e. everything needed to rebuild the module
+and feed it, plus optional metadata (dataset, eval, step, miou, source, ...). Directories
+written before `dtype` was stored load as float32.
 """
 
 from __future__ import annotations
@@ -29,83 +22,52 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from advseg_jax.models import registry
+from advseg_jax.models.spec import ModelSpec, SpecError
 
 FORMAT = "advseg_jax.model"
 FORMAT_VERSION = 1
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
-MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # Caffe DeepLab mean, B, G, R
-CHANNEL_ORDERS = ("RGB", "BGR")
-GENERATOR_ARCHS = ("deeplabv2", "deeplabv2_multi")
-DISCRIMINATOR_ARCHS = {"fc_discriminator": "fc", "fc2_discriminator": "fc2"}
+
+Spec = Union[ModelSpec, Mapping[str, Any]]
 
 
 class ModelFormatError(ValueError):
   """A model directory or spec is missing, malformed, or would be overwritten."""
 
 
-# --------------------------------------------------------------------------- specs
-def generator_spec(arch: str, num_classes: int, *, depths: Sequence[int] = (3, 4, 23, 3),
-                   width: int = 64, stride_in_1x1: bool = True, aspp_branches_used: int = 2,
-                   bn_mode: str = "batch_stats", channel_order: str = "RGB",
-                   mean_bgr: Sequence[float] = MEAN_BGR) -> Dict[str, Any]:
-  """A generator spec (see the module docstring); validates every field."""
-  if arch not in GENERATOR_ARCHS:
-    raise ModelFormatError(f"generator arch must be one of {GENERATOR_ARCHS}, got {arch!r}")
-  if channel_order not in CHANNEL_ORDERS:
-    raise ModelFormatError(f"channel_order must be one of {CHANNEL_ORDERS}, got "
-                           f"{channel_order!r}")
-  if aspp_branches_used not in (1, 2, 3, 4):
-    raise ModelFormatError(f"aspp_branches_used must be 1..4, got {aspp_branches_used}")
-  spec = dict(kind="generator", arch=arch, num_classes=int(num_classes),
-              depths=[int(d) for d in registry.resolve_depths(depths)], width=int(width),
-              stride_in_1x1=bool(stride_in_1x1), aspp_branches_used=int(aspp_branches_used),
-              bn_mode=str(bn_mode), channel_order=channel_order,
-              mean_bgr=[float(m) for m in mean_bgr])
-  if len(spec["mean_bgr"]) != 3:
-    raise ModelFormatError(f"mean_bgr must have 3 values, got {spec['mean_bgr']}")
-  return spec
+def to_model_spec(spec: Spec) -> ModelSpec:
+  """The `ModelSpec` of `spec` (a ModelSpec or `model.json` content)."""
+  if isinstance(spec, ModelSpec):
+    return spec
+  try:
+    return ModelSpec.from_json(spec)
+  except (SpecError, TypeError, ValueError) as e:
+    raise ModelFormatError(f"invalid model spec: {e}") from None
 
 
-def discriminator_spec(arch: str, num_classes: int, *, ndf: int = 64) -> Dict[str, Any]:
-  if arch not in DISCRIMINATOR_ARCHS:
-    raise ModelFormatError(f"discriminator arch must be one of {tuple(DISCRIMINATOR_ARCHS)}, "
-                           f"got {arch!r}")
-  return dict(kind="discriminator", arch=arch, num_classes=int(num_classes), ndf=int(ndf))
+def spec_document(spec: Spec) -> Dict[str, Any]:
+  """The `model.json` content of `spec`: its `ModelSpec.to_json()` fields first, then the
+  metadata keys of a spec dict."""
+  fields = to_model_spec(spec).to_json()
+  extra = {} if isinstance(spec, ModelSpec) else {
+      k: v for k, v in spec.items() if k not in fields}
+  return {**fields, **extra}
 
 
-def build_from_spec(spec: Mapping[str, Any]):
-  """The Flax module described by `spec` (built with `advseg_jax.models.registry`)."""
-  arch = spec.get("arch")
-  if arch in GENERATOR_ARCHS:
-    return registry.build_generator(dict(spec))
-  if arch in DISCRIMINATOR_ARCHS:
-    return registry.build_discriminator({"arch": DISCRIMINATOR_ARCHS[arch],
-                                         "ndf": int(spec.get("ndf", 64))})
-  raise ModelFormatError(f"spec arch must be one of {GENERATOR_ARCHS + tuple(DISCRIMINATOR_ARCHS)}"
-                         f", got {arch!r}")
-
-
-def example_input(spec: Mapping[str, Any], size: int = 33) -> jax.ShapeDtypeStruct:
-  """Input shape used to create the variables: NHWC images, or NHWC class maps for D."""
-  channels = 3 if spec["arch"] in GENERATOR_ARCHS else int(spec["num_classes"])
-  size = size if spec["arch"] in GENERATOR_ARCHS else max(size, 64)
-  return jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
-
-
-def abstract_variables(spec: Mapping[str, Any]) -> Dict[str, Any]:
+def abstract_variables(spec: Spec) -> Dict[str, Any]:
   """`{collection: {...: ShapeDtypeStruct}}` of the model's variables (no computation)."""
-  model = build_from_spec(spec)
-  x = example_input(spec)
-  out = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype)))
-  return dict(out)
+  spec = to_model_spec(spec)
+  model = registry.build(spec)
+  x = jnp.zeros(spec.input_shape(), jnp.float32)
+  return dict(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x)))
 
 
 # --------------------------------------------------------------------------- save / load
@@ -124,9 +86,10 @@ def _check_target(directory: str, overwrite: bool) -> None:
     raise ModelFormatError(f"{directory}: parent directory {parent} does not exist")
 
 
-def save_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str, Any], *,
+def save_model(directory: str, variables: Mapping[str, Any], spec: Spec, *,
                overwrite: bool = False) -> str:
-  """Writes `directory/variables` (orbax StandardCheckpointer) and `directory/model.json`.
+  """Writes `directory/variables` (orbax StandardCheckpointer) and `directory/model.json`
+  (`spec_document(spec)`; `spec` a ModelSpec or a spec dict with metadata).
 
   Atomic: everything goes to a temporary sibling directory that is renamed into place, so
   an error leaves `directory` untouched. Returns the absolute path.
@@ -135,7 +98,7 @@ def save_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str, 
 
   directory = _abs(directory)
   _check_target(directory, overwrite)
-  build_from_spec(spec)  # validates the spec before anything is written
+  doc = dict(format=FORMAT, format_version=FORMAT_VERSION, **spec_document(spec))  # validates
   parent, name = os.path.split(directory)
   tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
   os.mkdir(tmp)  # not mkdtemp: its 0700 mode would end up on the model directory
@@ -144,7 +107,6 @@ def save_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str, 
     state = jax.tree_util.tree_map(np.asarray, {k: dict(v) for k, v in variables.items()})
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, VARIABLES_DIR), state)
-    doc = dict(format=FORMAT, format_version=FORMAT_VERSION, **dict(spec))
     with open(os.path.join(tmp, SPEC_FILE), "w") as f:
       json.dump(doc, f, indent=2, sort_keys=False)
       f.write("\n")
@@ -164,6 +126,7 @@ def save_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str, 
 
 
 def read_spec(directory: str) -> Dict[str, Any]:
+  """The `model.json` content of a model directory, without the format keys."""
   directory = _abs(directory)
   path = os.path.join(directory, SPEC_FILE)
   if not os.path.isdir(directory):
@@ -184,7 +147,8 @@ def read_spec(directory: str) -> Dict[str, Any]:
 
 
 def load_model(directory: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """`(variables, spec)` from a directory written by `save_model`."""
+  """`(variables, spec)` from a directory written by `save_model`; `spec` is the
+  `model.json` dict (`ModelSpec.from_json(spec)` for the description)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   directory = _abs(directory)

@@ -9,7 +9,7 @@ Every compute dtype the models accept (`models.registry.DTYPES`) maps to a "wide
     float64            float64   (needs `jax_enable_x64`; for numerical checks, not training)
 
 So bfloat16 / float32 programs are exactly what they would be with a hard-coded float32,
-and a float64 program stays float64 end to end: `tests/test_step_parity.py` compares a
+and a float64 program stays float64 end to end: `tests/parity/test_step_parity.py` compares a
 float64 JAX training step with a float64 PyTorch reference, where no ReLU / max-pool
 decision can flip between the two, and so can check gradients tightly.
 """

@@ -1,4 +1,5 @@
-"""Colouring label maps, overlays, confidence maps and PNG writing (numpy + PIL only).
+"""Colouring label maps, overlays, confidence maps and PNG writing (numpy + PIL; matplotlib
+for colour maps and legends).
 
     rgb = colorize(label, palette)                    # uint8 [H, W, 3]
     save_label_png("out/x.png", label, palette)       # 'P' PNG: pixel = class id, palette embedded
@@ -17,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from advseg_jax.data import labels
 
 IGNORE_LABEL = 255
 IGNORE_COLOR = (255, 255, 255)
@@ -124,7 +127,7 @@ def to_display_rgb(image: np.ndarray, mean_bgr: Sequence[float], channel_order: 
 
 def confidence_rgb(conf: np.ndarray, cmap: str = "viridis") -> np.ndarray:
   """A `[H, W]` map in [0, 1] -> `uint8 [H, W, 3]` through a matplotlib colour map."""
-  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel  (optional)
 
   c = np.clip(np.nan_to_num(np.asarray(conf, np.float32)), 0.0, 1.0)
   return (colormaps[cmap](c)[..., :3] * 255.0 + 0.5).astype(np.uint8)
@@ -138,7 +141,7 @@ def confidence_png(conf: np.ndarray) -> np.ndarray:
 
 def legend_patches(class_names: Sequence[str], palette: np.ndarray):
   """matplotlib legend handles, one per class colour."""
-  from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel
+  from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel  (optional)
 
   pal = np.asarray(palette, np.float32).reshape(-1, 3) / 255.0
   return [Patch(facecolor=tuple(pal[i]), edgecolor="none", label=str(n))
@@ -147,6 +150,4 @@ def legend_patches(class_names: Sequence[str], palette: np.ndarray):
 
 def fallback_palette(num_classes: int) -> np.ndarray:
   """A deterministic `uint8 [K, 3]` palette for class counts no dataset defines."""
-  from advseg_jax.data import labels  # pylint: disable=import-outside-toplevel
-
   return labels.voc_palette(max(int(num_classes), 1))[:num_classes]

@@ -3,7 +3,7 @@
 # (the `device` tool: about 15 minutes of device time in all, at most 10 per command).
 #
 # The GPU image has jax, flax, optax, orbax and torch but not ml-collections, which the
-# configs need, and ../shared/STACK.md does not list Pillow, which advseg_jax.data imports.
+# configs need, and Pillow, which advseg_jax.data imports.
 # Prepare both once on the development machine (Python 3.12 wheels, about 24 MB):
 #
 #     bash benchmarks/gpu_session.sh deps        # -> .whl/site (ml-collections), .whl/pillow
@@ -17,11 +17,11 @@
 # Markdown table per measurement, env.txt with the versions and the GPU, and log.txt.
 # Every measurement has its own time limit, and whatever finished is kept when the call
 # runs out of time: compare.py rewrites its JSON after every case ("complete": false until
-# the end), and `python benchmarks/compare.py --from_json X.json --variants eager` rebuilds
+# the end), and `python benchmarks/speed/compare.py --from_json X.json --variants eager` rebuilds
 # the tables from a cut-off run. For a dry run on a CPU, override the shapes, e.g.
 # GPU_SESSION_PRESET=cpu-small GPU_SESSION_DEPTH=tiny bash benchmarks/gpu_session.sh targets
 # GPU_SESSION_PLAN=1 prints each measurement as "NAME LIMIT_S COMMAND..." (shell-quoted) and
-# runs nothing; tests/test_gpu_session_plan.py parses every planned command that way.
+# runs nothing; tests/benchmarks/test_gpu_session_plan.py parses every planned command that way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
@@ -88,19 +88,19 @@ run() {
 common=(--preset "$preset" "${depth_flag[@]}" --repeats 5 --warmup 2)
 if [ "$part" = targets ]; then
   # Targets 1-3: f32 vs eager f32, bf16 vs autocast, bf16 utilisation, on advsemi 10x321x321.
-  run advsemi 400 "$PY" benchmarks/compare.py "${common[@]}" --methods advsemi \
+  run advsemi 400 "$PY" benchmarks/speed/compare.py "${common[@]}" --methods advsemi \
       --dtypes float32,bfloat16 --variants eager --cudnn_benchmark \
       --json "$out/advsemi.json" --markdown "$out/advsemi.md"
   # Target 4: the AdaptSegNet full-resolution step in a 24 GB memory pool, float32.
-  run adaptseg_24gb 150 "$PY" benchmarks/step_throughput.py "${common[@]}" --methods adaptseg \
+  run adaptseg_24gb 150 "$PY" benchmarks/speed/step_throughput.py "${common[@]}" --methods adaptseg \
       --dtypes float32 --gpu_mem_limit_gb 24 --json "$out/adaptseg_24gb.json"
 else
-  run supervised_adaptseg 360 "$PY" benchmarks/compare.py "${common[@]}" \
+  run supervised_adaptseg 360 "$PY" benchmarks/speed/compare.py "${common[@]}" \
       --methods supervised,adaptseg --dtypes float32,bfloat16 --variants eager \
       --cudnn_benchmark --json "$out/supervised_adaptseg.json" \
       --markdown "$out/supervised_adaptseg.md"
   # RESULTS.md lists the 1x1-as-matrix-product effect on a GPU as not measured.
-  run pointwise_ab 200 "$PY" benchmarks/step_ab.py --method advsemi --preset "$preset" \
+  run pointwise_ab 200 "$PY" benchmarks/speed/step_ab.py --method advsemi --preset "$preset" \
       "${depth_flag[@]}" --precision bfloat16 --calls 10 \
       --variant dot=model.pointwise_impl=dot --variant conv=model.pointwise_impl=conv \
       --json "$out/pointwise_ab.json"

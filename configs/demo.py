@@ -14,6 +14,8 @@ the run (800 steps) takes about 3-5 minutes on 2 CPU cores and reaches roughly 4
 on shapes/source validation (semi; 45.5% in our run). G's learning rate is 20x the
 original's because there is no pretrained initialisation; everything else follows the
 originals' algorithms.
+
+Section marks such as [§7.1] name sections of docs/FIDELITY.md.
 """
 
 from advseg_jax.config import defaults, presets

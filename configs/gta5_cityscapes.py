@@ -1,4 +1,4 @@
-"""AdaptSegNet (Tsai et al., CVPR 2018) GTA5 -> Cityscapes: ORIGINALS.md §7.
+"""AdaptSegNet (Tsai et al., CVPR 2018) GTA5 -> Cityscapes: docs/FIDELITY.md §7.
 
     python -m advseg_jax train --config configs/gta5_cityscapes.py:multi --workdir runs/gta2city \
         --config.init.checkpoint=DeepLab_resnet_pretrained_init-f81d91e8.pth
@@ -11,6 +11,8 @@ ARG[,runlocal] (README presets, §7.1):
                   (--lambda-adv-target1 0.00005 --lambda-adv-target2 0.0005)
 All use DeeplabMulti and two discriminators, as the script does (in single-level mode D1 is
 still trained but never reaches G, §7.2). Default: multi.
+
+Section marks such as [§7.1] name sections of docs/FIDELITY.md.
 """
 
 from advseg_jax.config import defaults, presets

@@ -1,13 +1,15 @@
 """Luc et al. 2016, "Semantic Segmentation using Adversarial Networks", on PASCAL VOC.
 
 No working original code exists (nexus-kgp/adsemseg is unfinished and label-map only,
-ORIGINALS.md §4.3): this preset pairs the paper's image + label-map discriminator
+docs/FIDELITY.md §4.3): this preset pairs the paper's image + label-map discriminator
 (`disc.arch='image_label'`, LargeFOV stack, one logit per image) and its label encodings
 with the AdvSemiSeg VOC setup (§6) for everything the paper's code would have fixed.
 
 ARG = ENCODING[,runlocal]: basic (default) | product | scaling (the paper's three D inputs).
 lambda_adv: UNVERIFIED (the paper's value was not retrieved, §9.3; nexus-kgp used 0.65 with a
 summed BCE); 0.1 here, tune it with --config.method.lambda_adv.
+
+Section marks such as [§7.1] name sections of docs/FIDELITY.md.
 """
 
 from advseg_jax.config import defaults, presets

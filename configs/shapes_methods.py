@@ -1,4 +1,4 @@
-"""The eight runs of `benchmarks/methods.py` on the embedded `shapes` source/target data.
+"""The eight runs of `benchmarks/quality/methods.py` on the embedded `shapes` source/target data.
 
     python -m advseg_jax train --config configs/shapes_methods.py:semi_1/8 --workdir runs/x
 
@@ -19,10 +19,12 @@ ARG[,runlocal] (letters as in the issue; the names are accepted too):
 
 The model is the demo's (`configs/demo.py`): a tiny DeepLab-v2 (ResNet blocks (1,1,1,1),
 width 16, 5 classes) without pretrained weights, so G's learning rate is 20x the originals'
-(5e-3); every method hyper-parameter is the original's (ORIGINALS.md §6.1, §7.1). (e)-(h) all
+(5e-3); every method hyper-parameter is the original's (docs/FIDELITY.md §6.1, §7.1). (e)-(h) all
 use DeeplabMulti like the AdaptSegNet script (the single-level and LS-GAN runs train D1 but
-never let it reach G). The step count here is the CPU profile's; `benchmarks/methods.py`
+never let it reach G). The step count here is the CPU profile's; `benchmarks/quality/methods.py`
 overrides `num_steps`, `method.semi_start`, `eval_every` and the eval subset per profile.
+
+Section marks such as [§7.1] name sections of docs/FIDELITY.md.
 """
 
 from advseg_jax.config import defaults, presets
@@ -40,7 +42,7 @@ PRESETS = {
     "i": ("bn_only", "control: AdaptSegNet with adversarial weights 0 (target BN stats only)"),
 }
 NAMES = {name: letter for letter, (name, _) in PRESETS.items()}
-NUM_STEPS = 500          # CPU profile of benchmarks/methods.py
+NUM_STEPS = 500          # CPU profile of benchmarks/quality/methods.py
 SEMI_START_FRACTION = 0.25  # 5000 of 20000 in the original [§6.1]
 
 

@@ -6,6 +6,8 @@ source size is SYNTHIA's native 760x1280 (UNVERIFIED: the paper's resize is not 
 Evaluation maps Cityscapes trainIds to the 16 / 13 protocol classes.
 
 ARG = LEVEL_CLASSES[,runlocal]:  single_16, multi_16, single_13, multi_13 (default multi_16).
+
+Section marks such as [§7.1] name sections of docs/FIDELITY.md.
 """
 
 from advseg_jax.config import defaults, presets

@@ -1,4 +1,4 @@
-"""AdvSemiSeg (Hung et al., BMVC 2018) on PASCAL VOC 2012 + SBD (`voc_aug`): ORIGINALS.md §6.
+"""AdvSemiSeg (Hung et al., BMVC 2018) on PASCAL VOC 2012 + SBD (`voc_aug`): docs/FIDELITY.md §6.
 
     python -m advseg_jax train --config configs/voc.py:semi_0.125 --workdir runs/voc_semi_0.125 \
         --config.init.checkpoint=resnet101COCO-41f33a49.pth
@@ -9,7 +9,7 @@ ARG = METHOD_FRACTION[,runlocal] with
             semi       + L_adv + L_semi (the README command, "Table 5"; alias adv_semi)
   FRACTION  0.125 | 0.25 | 0.5 | 1.0 (also 1/8, 1/4, 1/2, full) labelled share of train_aug
 semi_1.0 does not exist (no unlabelled data; N/A in the paper). Default: semi_0.125.
-Every value below is the original's; the bracket names the ORIGINALS.md section.
+Every value below is the original's; the bracket names the docs/FIDELITY.md section.
 """
 
 from advseg_jax.config import defaults, presets

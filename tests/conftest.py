@@ -1,9 +1,10 @@
 """Fixtures shared by the training-loop tests (test_loop, test_faults)."""
 
-from tests import loop_helpers
 import pytest
 
-from advseg_jax.cli import train as cli
+from tests import loop_helpers  # first: it configures JAX for quick CPU tests
+
+from advseg_jax.cli import train as cli  # noqa: E402
 
 REFERENCE_STEPS = 4
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Dict
+import subprocess
+import sys
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -43,6 +45,63 @@ def subprocess_env(**extra: str) -> Dict[str, str]:
   env.update(extra)
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   return env
+
+
+# `python -m advseg_jax ...` with faults injected from the test side (the library has no test
+# hooks): patches made in the child before the command runs.
+_LAUNCHER = """
+import os, runpy, signal, sys
+KILL_AT_STEP, KILL_DURING_SAVE_AT_STEP, MAX_FILE_BYTES = {kill_at}, {kill_save}, {max_bytes}
+if MAX_FILE_BYTES:  # before the library is imported: every file it writes is capped
+  import resource
+  resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+if KILL_AT_STEP or KILL_DURING_SAVE_AT_STEP:
+  from advseg_jax.train import checkpoint, streams
+  live = []
+  real_init, real_save = checkpoint.TrainCheckpointer.__init__, checkpoint.TrainCheckpointer.save
+  real_next = streams.Prefetcher.next
+
+  def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    live.append(self)
+
+  def save(self, step, *args, **kwargs):
+    real_save(self, step, *args, **kwargs)
+    if KILL_DURING_SAVE_AT_STEP and step == KILL_DURING_SAVE_AT_STEP:  # its write in flight
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  def next_batch(self):
+    self.batches_read = getattr(self, "batches_read", 0) + 1
+    if KILL_AT_STEP and self.batches_read == KILL_AT_STEP + 1:  # that step is finished
+      live[-1].wait()  # the saves so far are durable, then die without cleanup
+      os.kill(os.getpid(), signal.SIGKILL)
+    return real_next(self)
+
+  checkpoint.TrainCheckpointer.__init__, checkpoint.TrainCheckpointer.save = init, save
+  streams.Prefetcher.next = next_batch
+sys.argv[0] = "advseg_jax"
+runpy.run_module("advseg_jax", run_name="__main__", alter_sys=True)
+"""
+
+
+def command(args, *, kill_at_step: Optional[int] = None,
+            kill_during_save_at_step: Optional[int] = None,
+            max_file_bytes: Optional[int] = None) -> list:
+  """The argv of `python -m advseg_jax ARGS` in a child process, SIGKILLed right after step
+  `kill_at_step` of a fresh run (once the checkpoint saves started so far have completed),
+  or right after the asynchronous save of step `kill_during_save_at_step` started; with
+  `max_file_bytes`, every file the child writes is capped at that size (RLIMIT_FSIZE)."""
+  code = _LAUNCHER.format(kill_at=int(kill_at_step or 0),
+                          kill_save=int(kill_during_save_at_step or 0),
+                          max_bytes=int(max_file_bytes or 0))
+  return [sys.executable, "-c", code, *args]
+
+
+def run_command(args, *, timeout: int = 900, env: Optional[Dict[str, str]] = None,
+                **faults) -> subprocess.CompletedProcess:
+  """Runs `command(args, **faults)` in the repository with the test JAX settings."""
+  return subprocess.run(command(args, **faults), cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env=env or subprocess_env())
 
 
 def load_preset(spec: str):
@@ -185,7 +244,7 @@ def assert_same_variables(a, b) -> None:
 
 
 def final_model_variables(workdir: str):
-  from advseg_jax.train import checkpoint as ck  # pylint: disable=import-outside-toplevel
   from advseg_jax import model_io  # pylint: disable=import-outside-toplevel
+  from advseg_jax.train import checkpoint as ck  # pylint: disable=import-outside-toplevel
   variables, _ = model_io.load_model(os.path.join(workdir, ck.FINAL_MODEL))
   return variables

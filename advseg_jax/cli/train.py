@@ -7,15 +7,27 @@ Exit codes: 0 done (or --help / --print_config), 2 a usage / config / workdir pr
 
 from __future__ import annotations
 
+import gc
 import logging
-import re
 import sys
+import time
 from typing import List, Optional, Sequence
 
-HELP = """\
-usage: python -m advseg_jax train --config configs/FILE.py[:PRESET[,runlocal]] --workdir DIR
-                                  [--config.FIELD=VALUE ...] [flags]
+from absl import flags
+from ml_collections import config_flags
 
+from advseg_jax import logging_utils
+from advseg_jax.cli import common
+from advseg_jax.config import validation as config_validation
+from advseg_jax.data.image_io import BadExampleError
+from advseg_jax.inference.evaluator import EvaluationError
+from advseg_jax.train import checkpoint, diagnostics, loop, parallel
+
+USAGE = """\
+usage: python -m advseg_jax train --config configs/FILE.py[:PRESET[,runlocal]] --workdir DIR
+                                  [--config.FIELD=VALUE ...] [flags]"""
+
+DESCRIPTION = """\
 Train a segmentation network with one of the originals' methods (AdvSemiSeg, AdaptSegNet,
 Luc et al., or the supervised baseline). Running it again on the same --workdir resumes from
 the latest complete checkpoint (same losses and parameters as an uninterrupted run).
@@ -34,18 +46,11 @@ Any config field can be overridden, e.g. --config.num_steps=1000 --config.method
 Workdir: checkpoints/ (orbax, last N), best_model/ and final_model/ (model directories for
 evaluate / predict), metrics.jsonl, tensorboard/, config.json, split.json, summary.md/.json.
 
-flags:
+Override any config field with --config.FIELD=VALUE (nested fields with dots).
 """
 
-
-class UsageError(Exception):
-  """A command-line problem (exit 2)."""
-
-
-def _define_flags(argv: Sequence[str] = ()):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-
+def define_flags(argv: Sequence[str] = ()) -> flags.FlagValues:
+  """The train flags; `argv` supplies the --config.FIELD overrides config_flags defines."""
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
       "config", None,
@@ -74,95 +79,37 @@ def _define_flags(argv: Sequence[str] = ()):
   return fv
 
 
-FLAG_ORDER = ("config", "workdir", "allow_config_change", "print_config",
-              "coordinator_address", "num_processes", "process_id", "log_level")
+DOC = common.Help(USAGE, DESCRIPTION)
 
 
-def help_text(fv) -> str:
-  lines = [HELP.rstrip("\n")]
-  for name in FLAG_ORDER:
-    f = fv[name]
-    default = "" if f.default is None else f" (default: {f.default!r})"
-    kind = "" if f.boolean else "=VALUE"
-    lines.append(f"  --{name}{kind}")
-    lines.append(f"      {f.help}{default}")
-  lines.append("  --config.FIELD=VALUE")
-  lines.append("      override one config field (nested fields with dots)")
-  return "\n".join(lines) + "\n"
-
-
-def _unknown_field_message(e: BaseException, argv: Sequence[str]) -> str:
-  text = " ".join(str(e).replace("\\n", " ").split())
-  m = (re.search(r'instead of "([^"]+)"', text)
-       or re.search(r"([A-Za-z_][A-Za-z0-9_]*)", text.replace("\\'", "'")))
-  field = m.group(1) if m else None
-  hint = re.search(r'Did you mean "([^"]+)"', text)
-  flag = next((a.split("=", 1)[0] for a in argv if field and a.startswith("--config.")
-               and re.search(rf"\.{re.escape(field)}(=|$)", a.split("=", 1)[0] + "=")), None)
-  where = flag or "--config.*"
-  msg = f"{where}: unknown config field {field!r}" if field else f"{where}: {text}"
-  if hint:
-    msg += f" (did you mean {hint.group(1)!r}?)"
-  return msg
-
-
-def _short(e: BaseException) -> str:
-  text = " ".join(str(e).split())
-  return text if len(text) < 1200 else text[:1200] + "..."
-
-
-def config_argument(argv: Sequence[str]) -> Optional[str]:
-  """The value of --config (`--config=X` or `--config X`), if given."""
-  for i, a in enumerate(argv):
-    if a.startswith(("--config=", "-config=")):
-      return a.split("=", 1)[1]
-    if a in ("--config", "-config") and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
-def parse(argv: Sequence[str]):
-  """Parses `argv` (without the program / command name); returns the FlagValues."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
-  fv = _define_flags(argv)
+def parse(argv: Sequence[str]) -> flags.FlagValues:
+  """Parses `argv` (without the program / command name); returns the FlagValues with the
+  config loaded. Raises common.UsageError."""
+  fv = define_flags(argv)
   try:
-    rest = fv(["train"] + list(argv))
-  except flags.Error as e:
-    raw = str(e)
-    if "Error whilst parsing config file" in raw or "Traceback" in raw:
-      last = [l.strip() for l in raw.splitlines() if l.strip()][-1]
-      raise UsageError(f"--config={config_argument(argv)}: could not load the config "
-                       f"({_short(last)})") from None
-    raise UsageError(_short(e)) from None
-  except AttributeError as e:
-    raise UsageError(_unknown_field_message(e, argv)) from None
-  except (OSError, ImportError, SyntaxError, ValueError, TypeError, KeyError) as e:
-    cause = e.__cause__ or e.__context__
-    detail = _short(cause) if cause is not None else _short(e)
-    path = config_argument(argv)
-    raise UsageError(f"--config={path}: could not load the config ({detail})") from None
-  if len(rest) > 1:
-    raise UsageError(f"unexpected arguments {rest[1:]}; flags look like --name=value")
-  try:
-    cfg = fv["config"].value  # loaded lazily: a failed load raises on first use
-    if cfg is not None:
-      list(cfg.keys())
-  except (OSError, ImportError, SyntaxError, ValueError, TypeError, KeyError) as e:
-    last = [l.strip() for l in str(e).splitlines() if l.strip()]
-    raise UsageError(f"--config={config_argument(argv)}: could not load the config "
-                     f"({_short(last[-1] if last else e)})") from None
+    rest = common.parse(fv, argv, "train")
+    config = fv["config"].value  # a config file that cannot be read raises on first use
+    if config is not None:
+      list(config.keys())
+  except AttributeError as e:  # an override of a field the config does not have
+    cause = e.__context__ or e  # ConfigDict's KeyError: the field and a suggestion
+    raise common.UsageError(f"unknown config field {common.one_line(cause.args[0])}") from None
+  except (OSError, ImportError, SyntaxError) as e:
+    raise common.UsageError(f"--config: could not load the config ({common.one_line(e)})"
+                            ) from None
+  if rest:
+    raise common.UsageError(f"unexpected arguments {rest}; flags look like --name=value")
   return fv
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if any(a in ("-h", "--help", "-help", "--helpfull", "help") for a in argv):
-    print(help_text(_define_flags()), end="")
+  argv = common.strip_command(argv, "train")
+  if any(a in common.HELP_ARGS for a in argv):
+    print(common.help_text(define_flags(), DOC), end="")
     return 0
   try:
     fv = parse(argv)
-  except UsageError as e:
+  except common.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   config = fv["config"].value
@@ -177,12 +124,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("error: --workdir is required (the run directory; an existing one is resumed)",
           file=sys.stderr)
     return 2
-
-  from advseg_jax import logging_utils  # pylint: disable=import-outside-toplevel
   logging_utils.setup_console_logging(getattr(logging, fv.log_level.upper()))
   return run(config, fv.workdir, allow_config_change=fv.allow_config_change,
              coordinator_address=fv.coordinator_address, num_processes=fv.num_processes,
-             process_id=fv.process_id, config_source=config_argument(argv))
+             process_id=fv.process_id, config_source=fv["config"].config_filename)
 
 
 def _report_failure(message: str) -> None:
@@ -193,8 +138,6 @@ def _report_failure(message: str) -> None:
   they are garbage-collected). Let them finish first, so that the one line that says what
   happened and what to do comes last and is not split by their output.
   """
-  import gc  # pylint: disable=import-outside-toplevel
-  import time  # pylint: disable=import-outside-toplevel
   gc.collect()
   time.sleep(0.5)
   gc.collect()
@@ -208,17 +151,9 @@ def _report_failure(message: str) -> None:
 
 def run(config, workdir: str, *, allow_config_change: bool = False,
         coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-        process_id: Optional[int] = None, config_source: Optional[str] = None,
-        argv: Sequence[str] = ()) -> int:
+        process_id: Optional[int] = None, config_source: Optional[str] = None) -> int:
   """Validates and trains; maps the known failures to one `error:` line and an exit code."""
-  from advseg_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-  from advseg_jax.config import validation as config_validation  # pylint: disable=import-outside-toplevel
-  from advseg_jax.train import diagnostics  # pylint: disable=import-outside-toplevel
-  from advseg_jax.data.image_io import BadExampleError  # pylint: disable=import-outside-toplevel
-  from advseg_jax.inference.evaluator import EvaluationError  # pylint: disable=import-outside-toplevel
-  from advseg_jax.train import loop, parallel  # pylint: disable=import-outside-toplevel
-
-  src = config_source or config_argument(argv)
+  src = config_source
   try:
     parallel.initialize_distributed(coordinator_address, num_processes, process_id)
   except ValueError as e:
@@ -230,18 +165,18 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     loop.train(config, workdir, allow_config_change=allow_config_change, config_source=src)
   except (config_validation.ConfigError, checkpoint.ConfigChangeError, loop.TrainingError,
           EvaluationError, FileNotFoundError) as e:
-    print(f"error: {_short(e)}", file=sys.stderr)
+    print(f"error: {common.one_line(e)}", file=sys.stderr)
     return 2
   except checkpoint.CheckpointError as e:
-    _report_failure(_short(e))
+    _report_failure(common.one_line(e))
     return 1
   except diagnostics.NonFiniteError as e:
-    print(f"error: {_short(e)}", file=sys.stderr)
+    print(f"error: {common.one_line(e)}", file=sys.stderr)
     return 1
   except BadExampleError as e:
-    print(f"error: bad example in the data: {_short(e)}. Re-create the file (and the dataset "
-          "with `python -m advseg_jax prepare ... --overwrite`), or skip such examples with "
-          "--config.data.skip_bad_examples=True (target_data / eval_data likewise). The "
+    print(f"error: bad example in the data: {common.one_line(e)}. Re-create the file (and the "
+          "dataset with `python -m advseg_jax prepare ... --overwrite`), or skip such examples "
+          "with --config.data.skip_bad_examples=True (target_data / eval_data likewise). The "
           "checkpoints and logs written so far are unchanged.", file=sys.stderr)
     return 1
   return 0

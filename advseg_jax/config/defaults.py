@@ -1,7 +1,8 @@
 """Config schema, defaults and validation (ml_collections).
 
-`base_config()` holds every field with the originals' default and where it comes from
-(ORIGINALS.md section in brackets). Files in `configs/` start from it and set a preset:
+`base_config()` holds every field with the originals' default; `§x.y` in a comment names the
+section of docs/FIDELITY.md the default comes from. Files in `configs/` start from it and set
+a preset:
 
     python -m advseg_jax train --config configs/voc.py:adv_semi_0.125 --workdir runs/voc
         --config.num_steps=1000 --config.method.lambda_adv=0.01
@@ -11,21 +12,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Tuple
 
 import ml_collections
 
 from advseg_jax.data import config as data_config
+from advseg_jax.normalization import CAFFE_MEAN_BGR
 
-MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # [§6.5] IMG_MEAN, B, G, R, 0-255.
+# AdvSemiSeg's IMG_MEAN (B, G, R, 0-255 scale): docs/FIDELITY.md §6.5.
+MEAN_BGR = CAFFE_MEAN_BGR
 
 
 def stream_config(name: str = "shapes", split: str = "train",
                   **overrides: Any) -> ml_collections.ConfigDict:
   """One data stream: `advseg_jax.data.dataset_config` fields plus the `split` to read.
 
-  Defaults here are AdvSemiSeg's VOC training stream [§6.1, §6.5]: crop 321x321, RGB input,
-  no random scale or mirror (the README command enables neither).
+  Defaults here are AdvSemiSeg's VOC training stream (docs/FIDELITY.md §6.1, §6.5): crop
+  321x321, RGB input, no random scale or mirror (the README command enables neither).
   """
   defaults = dict(name=name, crop_size=(321, 321), channel_order="RGB", mean_bgr=MEAN_BGR)
   defaults.update(overrides)
@@ -34,83 +37,110 @@ def stream_config(name: str = "shapes", split: str = "train",
   return c
 
 
-def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 1234                     # [§6.1] --random-seed (unused by the originals; used here)
-  c.num_steps = 20000               # [§6.1] poly-schedule length
-  c.num_steps_stop = ml_collections.config_dict.placeholder(int)  # [§7.1] early stop (150000)
-  c.batch_size = 10                 # [§6.1] global batch per stream
-  c.iter_size = 1                   # [§6.1] gradient accumulation
-
-  c.method = ml_collections.ConfigDict()
-  c.method.name = "advsemi"
-  c.method.gan = "vanilla"          # 'vanilla' BCE | 'ls' LS-GAN [§7.1] | 'softmax2' ICLR D [§4.2]
-  c.method.lambda_adv = 0.01        # advsemi: README --lambda-adv-pred [§6.1]; adaptseg: lambda_adv_target2
-  c.method.lambda_semi = 0.1        # [§6.1]
-  c.method.lambda_semi_adv = 0.001  # [§6.1]
-  c.method.mask_T = 0.2             # [§6.1]
-  c.method.semi_start = 5000        # [§6.1]
-  c.method.semi_start_adv = 0       # [§6.1]
-  c.method.d_remain = True          # [§6.1]
-  c.method.real_label_smoothing = 0.0  # ICLR reproduction uses 0.1 [§4.2]
+def _method_config() -> ml_collections.ConfigDict:
+  """`config.method`: the training method and its loss weights (docs/FIDELITY.md §6.1, §7.1)."""
+  m = ml_collections.ConfigDict()
+  m.name = "advsemi"
+  m.gan = "vanilla"           # 'vanilla' BCE | 'ls' LS-GAN (§7.1) | 'softmax2' ICLR D (§4.2)
+  # advsemi: the README's --lambda-adv-pred (§6.1); adaptseg: lambda_adv_target2 (§7.1)
+  m.lambda_adv = 0.01
+  m.lambda_semi = 0.1         # §6.1
+  m.lambda_semi_adv = 0.001   # §6.1
+  m.mask_T = 0.2              # §6.1
+  m.semi_start = 5000         # §6.1
+  m.semi_start_adv = 0        # §6.1
+  m.d_remain = True           # §6.1
+  m.real_label_smoothing = 0.0  # the ICLR reproduction uses 0.1 (§4.2)
   # Stabilisers that are not in the originals (off by default; the D-wins warning names them):
-  c.method.d_instance_noise = 0.0   # std of N(0, s^2) added to D's map inputs, -> 0 linearly
-  c.method.d_update_every = 1       # apply D's update every N-th step (1 = every step)
-  c.method.lambda_seg = 0.1         # [§7.1] aux CE weight (multi-level)
-  c.method.lambda_adv_aux = 0.0002  # [§7.1] lambda_adv_target1
-  c.method.label_encoding = "basic"  # luc: 'basic' | 'product' | 'scaling'
+  m.d_instance_noise = 0.0    # std of N(0, s^2) added to D's map inputs, -> 0 linearly
+  m.d_update_every = 1        # apply D's update every N-th step (1 = every step)
+  m.lambda_seg = 0.1          # §7.1 aux CE weight (multi-level)
+  m.lambda_adv_aux = 0.0002   # §7.1 lambda_adv_target1
+  m.label_encoding = "basic"  # luc: 'basic' | 'product' | 'scaling'
+  return m
 
-  c.model = ml_collections.ConfigDict()
-  c.model.arch = "deeplabv2"
-  c.model.num_classes = 21
-  c.model.depths = "resnet101"
-  c.model.width = 64
-  c.model.stride_in_1x1 = True
-  c.model.aspp_branches_used = 2    # [§1.2] the released models' buggy ASPP
-  c.model.bn_mode = "batch_stats"   # [§1.1] model.train() with frozen affine
-  c.model.sync_bn = False
-  c.model.dtype = "float32"
+
+def _model_config() -> ml_collections.ConfigDict:
+  """`config.model`: the generator (Res_Deeplab / DeeplabMulti, docs/FIDELITY.md §1-§2)."""
+  g = ml_collections.ConfigDict()
+  g.arch = "deeplabv2"
+  g.num_classes = 21
+  g.depths = "resnet101"
+  g.width = 64
+  g.stride_in_1x1 = True
+  g.aspp_branches_used = 2    # §1.2 the released models' buggy ASPP
+  g.bn_mode = "batch_stats"   # §1.1 model.train() with frozen affine
+  g.sync_bn = False
+  g.dtype = "float32"
   # How the backbone's 1x1 convolutions are computed: 'dot' (a matrix product, no XLA:CPU
   # layout transposes; same variables and numbers up to float rounding) or 'conv'.
-  c.model.pointwise_impl = "dot"
+  g.pointwise_impl = "dot"
   # Input gradient of the bottlenecks' stride-1 3x3 convolutions: 'matmul' (a matrix product
   # + col2im), 'xla' (XLA's convolution backward) or 'auto' (matmul on CPU, xla elsewhere).
-  c.model.conv_dx_impl = "auto"
+  g.conv_dx_impl = "auto"
   # The ASPP head's dilated 3x3 convolutions: 'matmul' (one matrix product + shifted adds),
   # 'conv' (one convolution per branch) or 'auto' (matmul on CPU, conv elsewhere).
-  c.model.aspp_impl = "auto"
+  g.aspp_impl = "auto"
+  return g
+
+
+def _optimiser_configs() -> Tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """`config.optim_g`, `config.optim_d` (docs/FIDELITY.md §1.5, §4.1, §6.1)."""
+  g = ml_collections.ConfigDict()
+  g.lr = 2.5e-4               # §6.1
+  g.momentum = 0.9
+  g.weight_decay = 5e-4
+  g.power = 0.9
+  g.legacy_duplicate_updates = False  # §1.5 True = PyTorch 0.2-0.4 dynamics
+  d = ml_collections.ConfigDict()
+  d.name = "adam"             # §4.1 Adam(1e-4, (0.9, 0.99))
+  d.lr = 1e-4
+  d.b1 = 0.9
+  d.b2 = 0.99
+  d.momentum = 0.5            # sgd only (the ICLR reproduction, §4.2)
+  d.nesterov = False
+  d.weight_decay = 0.0
+  d.power = 0.9
+  return g, d
+
+
+def _diagnostics_config() -> ml_collections.ConfigDict:
+  """`config.diagnostics`: non-finite handling and the D-wins / D-collapse warnings."""
+  d = ml_collections.ConfigDict()
+  d.grad_norms = False
+  d.skip_nonfinite = False    # False: stop the run naming the term
+  d.d_wins_threshold = 0.2    # D loss below this (the band's low edge, §10.7) ...
+  d.d_wins_patience = 50      # ... for this many logged steps -> warning
+  d.d_collapse_accuracy = 0.55
+  return d
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with its default (AdvSemiSeg's VOC settings; see the module docstring)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 1234               # §6.1 --random-seed (unused by the originals; used here)
+  c.num_steps = 20000         # §6.1 poly-schedule length
+  c.num_steps_stop = ml_collections.config_dict.placeholder(int)  # §7.1 early stop (150000)
+  c.batch_size = 10           # §6.1 global batch per stream
+  c.iter_size = 1             # §6.1 gradient accumulation
+  c.method = _method_config()
+  c.model = _model_config()
 
   c.disc = ml_collections.ConfigDict()
-  c.disc.arch = "fc"                # [§4.1]
+  c.disc.arch = "fc"          # §4.1
   c.disc.ndf = 64
   c.disc.dtype = "float32"
-
-  c.optim_g = ml_collections.ConfigDict()
-  c.optim_g.lr = 2.5e-4             # [§6.1]
-  c.optim_g.momentum = 0.9
-  c.optim_g.weight_decay = 5e-4
-  c.optim_g.power = 0.9
-  c.optim_g.legacy_duplicate_updates = False  # [§1.5] True = PyTorch 0.2-0.4 dynamics
-
-  c.optim_d = ml_collections.ConfigDict()
-  c.optim_d.name = "adam"           # [§4.1] Adam(1e-4, (0.9, 0.99))
-  c.optim_d.lr = 1e-4
-  c.optim_d.b1 = 0.9
-  c.optim_d.b2 = 0.99
-  c.optim_d.momentum = 0.5          # sgd only (ICLR reproduction [§4.2])
-  c.optim_d.nesterov = False
-  c.optim_d.weight_decay = 0.0
-  c.optim_d.power = 0.9
+  c.optim_g, c.optim_d = _optimiser_configs()
 
   c.data = stream_config("voc_aug")            # labelled / source stream
   c.target_data = stream_config("cityscapes")  # adaptseg target stream
   c.eval_data = stream_config("voc_aug", split="validation", crop_size=None, eval_mode="pad")
-  c.labelled_fraction = 0.5         # [§6.1] --partial-data default
+  c.labelled_fraction = 0.5   # §6.1 --partial-data default
   c.split_file = ml_collections.config_dict.placeholder(str)  # our JSON or train_id.pkl
 
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ml_collections.config_dict.placeholder(str)  # .pth or converted model dir
-  c.init.rule = "advsemi"           # converter loading rule [§3.3]
+  c.init.rule = "advsemi"     # converter loading rule (§3.3)
   c.init.d_checkpoint = ml_collections.config_dict.placeholder(str)
 
   c.parallel = ml_collections.ConfigDict()
@@ -118,15 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.log_every = 10
   c.eval_every = 1000
-  c.eval_max_examples = 0           # 0 = the whole split
-  c.eval_mean_mode = "auto"         # 'voc' [§6.6] | 'nanmean' [§7.4] | 'all'; auto: by eval_mode
-  c.checkpoint_every = 5000         # [§6.1] --save-pred-every
+  c.eval_max_examples = 0     # 0 = the whole split
+  c.eval_mean_mode = "auto"   # 'voc' (§6.6) | 'nanmean' (§7.4) | 'all'; auto: by eval_mode
+  c.checkpoint_every = 5000   # §6.1 --save-pred-every
   c.keep_checkpoints = 3
-
-  c.diagnostics = ml_collections.ConfigDict()
-  c.diagnostics.grad_norms = False
-  c.diagnostics.skip_nonfinite = False  # False: stop the run naming the term
-  c.diagnostics.d_wins_threshold = 0.2   # D loss below this (the band's low edge, §10.7) ...
-  c.diagnostics.d_wins_patience = 50     # ... for this many logged steps -> warning
-  c.diagnostics.d_collapse_accuracy = 0.55
+  c.diagnostics = _diagnostics_config()
   return c

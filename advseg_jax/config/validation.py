@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Tuple
 
 from advseg_jax import methods
-from advseg_jax.models.layers import ASPP_IMPLS, CONV_DX_IMPLS, POINTWISE_IMPLS
+from advseg_jax.kernels.selection import ASPP_IMPLS, CONV_DX_IMPLS, POINTWISE_IMPLS
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
 from advseg_jax.models.resnet import RESNET_DEPTHS
 from advseg_jax.precision import needs_x64
@@ -66,8 +66,7 @@ def _check_stream(c: Any, prefix: str) -> None:
          f"{prefix}.scale_factors", "a non-empty list of numbers in (0, 8]", c.scale_factors)
 
 
-def validate(c: Any, *, num_devices: int = 1) -> None:
-  """Raises ConfigError naming the first invalid field."""
+def _check_method(c: Any) -> None:
   m = c.method
   _check(m.name in methods.METHODS, "method.name", f"one of {methods.METHODS}", m.name)
   _check(m.gan in ("vanilla", "ls", "softmax2"), "method.gan", "'vanilla', 'ls' or 'softmax2'",
@@ -90,7 +89,9 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
   _check((m.gan == "softmax2") == (c.disc.arch == "fc2") or m.name == "supervised",
          "method.gan", "'softmax2' exactly when disc.arch == 'fc2'", m.gan)
 
-  g = c.model
+
+def _check_models(c: Any) -> None:
+  m, g = c.method, c.model
   _check(g.arch in GENERATOR_ARCHS, "model.arch", f"one of {GENERATOR_ARCHS}", g.arch)
   _check(isinstance(g.num_classes, int) and g.num_classes >= 2, "model.num_classes",
          "an int >= 2", g.num_classes)
@@ -116,6 +117,8 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
   _check((c.disc.arch == "image_label") == (m.name == "luc") or m.name == "supervised",
          "disc.arch", "'image_label' exactly for method 'luc'", c.disc.arch)
 
+
+def _check_optimisers(c: Any) -> None:
   for prefix in ("optim_g", "optim_d"):
     o = c[prefix]
     _check(_is_num(o.lr) and o.lr > 0, f"{prefix}.lr", "a number > 0", o.lr)
@@ -126,6 +129,9 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
            o.momentum)
   _check(c.optim_d.name in ("adam", "sgd"), "optim_d.name", "'adam' or 'sgd'", c.optim_d.name)
 
+
+def _check_schedule(c: Any, num_devices: int) -> None:
+  m = c.method
   for f in ("num_steps", "batch_size", "iter_size", "log_every", "eval_every",
             "checkpoint_every", "keep_checkpoints"):
     _check(isinstance(c[f], int) and c[f] >= 1, f, "an int >= 1", c[f])
@@ -149,6 +155,9 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
     _check(m.lambda_semi == 0 and m.lambda_semi_adv == 0, "method.lambda_semi",
            "0 (with lambda_semi_adv 0) when labelled_fraction is 1.0: there is no unlabelled "
            "data", m.lambda_semi)
+
+
+def _check_data_diagnostics_init(c: Any) -> None:
   for prefix in ("data", "target_data", "eval_data"):
     _check_stream(c[prefix], prefix)
   _check(isinstance(c.diagnostics.d_wins_patience, int) and c.diagnostics.d_wins_patience >= 1,
@@ -163,3 +172,12 @@ def validate(c: Any, *, num_devices: int = 1) -> None:
   _check(not needs_x64(c.disc.dtype), "disc.dtype", _X64_NOTE, c.disc.dtype)
   _check(isinstance(c.seed, int), "seed", "an int", c.seed)
   _check(c.init.rule in INIT_RULES, "init.rule", f"one of {INIT_RULES}", c.init.rule)
+
+
+def validate(c: Any, *, num_devices: int = 1) -> None:
+  """Raises ConfigError naming the first invalid field."""
+  _check_method(c)
+  _check_models(c)
+  _check_optimisers(c)
+  _check_schedule(c, num_devices)
+  _check_data_diagnostics_init(c)

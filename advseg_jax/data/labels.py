@@ -1,10 +1,10 @@
 """Label tables: class names, colour palettes and raw-id -> train-id lookup tables.
 
-All label maps in this package are ``uint8`` arrays of shape ``[H, W]`` (or ``[H, W, 1]`` as
-stored by TFDS) whose values are *train ids* ``0..K-1`` plus ``IGNORE_LABEL`` (255).
+All label maps in this package are `uint8` arrays of shape `[H, W]` (or `[H, W, 1]` as
+stored by TFDS) whose values are *train ids* `0..K-1` plus `IGNORE_LABEL` (255).
 
-Raw ids are mapped with a 256-entry lookup table (``np.uint8[256]``); entries for raw values
-that are not allowed in the source format hold ``INVALID`` so that a builder can report them.
+Raw ids are mapped with a 256-entry lookup table (`np.uint8[256]`); entries for raw values
+that are not allowed in the source format hold `INVALID` so that a builder can report them.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ INVALID = -1
 
 
 class CityscapesLabel(NamedTuple):
-    """One row of the Cityscapes label table (the columns used here)."""
+  """One row of the Cityscapes label table (the columns used here)."""
 
-    name: str
-    id: int
-    train_id: int
-    color: tuple[int, int, int]
+  name: str
+  id: int
+  train_id: int
+  color: tuple[int, int, int]
 
 
 # The Cityscapes label table (labelId, trainId, colour), as published with the dataset in
-# ``cityscapesscripts/helpers/labels.py``. Used when ``cityscapesscripts`` is not installed;
-# ``tests/test_data_labels.py`` asserts it equals the package's table when it is.
+# `cityscapesscripts/helpers/labels.py`. Used when `cityscapesscripts` is not installed;
+# `tests/unit/test_data_labels.py` asserts it equals the package's table when it is.
 _CITYSCAPES_FALLBACK: tuple[CityscapesLabel, ...] = (
     CityscapesLabel("unlabeled", 0, 255, (0, 0, 0)),
     CityscapesLabel("ego vehicle", 1, 255, (0, 0, 0)),
@@ -71,45 +71,45 @@ _CITYSCAPES_FALLBACK: tuple[CityscapesLabel, ...] = (
 
 
 def cityscapes_label_table(use_package: bool = True) -> tuple[CityscapesLabel, ...]:
-    """The Cityscapes label table, from ``cityscapesscripts`` when importable.
+  """The Cityscapes label table, from `cityscapesscripts` when importable.
 
-    Args:
-      use_package: if False, always return the table shipped in this module.
-    """
-    if use_package:
-        try:
-            from cityscapesscripts.helpers import labels as cs_labels  # type: ignore
-        except ImportError:
-            pass
-        else:
-            return tuple(
-                CityscapesLabel(l.name, int(l.id), int(l.trainId), tuple(int(c) for c in l.color))
-                for l in cs_labels.labels
-            )
-    return _CITYSCAPES_FALLBACK
+  Args:
+    use_package: if False, always return the table shipped in this module.
+  """
+  if use_package:
+    try:  # an optional dependency
+      from cityscapesscripts.helpers import labels as cs_labels  # type: ignore
+    except ImportError:
+      pass
+    else:
+      return tuple(
+          CityscapesLabel(row.name, int(row.id), int(row.trainId),
+                          tuple(int(c) for c in row.color))
+          for row in cs_labels.labels)
+  return _CITYSCAPES_FALLBACK
 
 
 def cityscapes_id_to_train_id(table: Sequence[CityscapesLabel] | None = None) -> dict[int, int]:
-    """labelId -> trainId for the 19 evaluated classes (all other ids map to 255).
+  """labelId -> trainId for the 19 evaluated classes (all other ids map to 255).
 
-    Equals AdaptSegNet's ``id_to_trainid`` / ``info.json:label2train``.
-    """
-    table = cityscapes_label_table() if table is None else table
-    return {l.id: l.train_id for l in table if 0 <= l.train_id < 255}
+  Equals AdaptSegNet's `id_to_trainid` / `info.json:label2train`.
+  """
+  table = cityscapes_label_table() if table is None else table
+  return {row.id: row.train_id for row in table if 0 <= row.train_id < 255}
 
 
 def _cityscapes_train_classes() -> list[CityscapesLabel]:
-    """The 19 train classes in trainId order (first table row per trainId)."""
-    by_tid: dict[int, CityscapesLabel] = {}
-    for l in cityscapes_label_table():
-        if 0 <= l.train_id < 255 and l.train_id not in by_tid:
-            by_tid[l.train_id] = l
-    return [by_tid[t] for t in sorted(by_tid)]
+  """The 19 train classes in trainId order (first table row per trainId)."""
+  by_tid: dict[int, CityscapesLabel] = {}
+  for row in cityscapes_label_table():
+    if 0 <= row.train_id < 255 and row.train_id not in by_tid:
+      by_tid[row.train_id] = row
+  return [by_tid[t] for t in sorted(by_tid)]
 
 
-CITYSCAPES_CLASS_NAMES: tuple[str, ...] = tuple(l.name for l in _cityscapes_train_classes())
+CITYSCAPES_CLASS_NAMES: tuple[str, ...] = tuple(row.name for row in _cityscapes_train_classes())
 CITYSCAPES_PALETTE: np.ndarray = np.array(
-    [l.color for l in _cityscapes_train_classes()], dtype=np.uint8)  # [19, 3] RGB
+    [row.color for row in _cityscapes_train_classes()], dtype=np.uint8)  # [19, 3] RGB
 
 # Raw labelIds allowed in Cityscapes gtFine *_labelIds.png and GTA5 labels: 0..33, plus
 # 255, which is how a "-1" (license plate) would read back from a uint8 PNG.
@@ -117,37 +117,42 @@ CITYSCAPES_VALID_RAW_IDS: tuple[int, ...] = tuple(range(34)) + (255,)
 
 
 def make_lut(mapping: Mapping[int, int], valid_raw_ids: Sequence[int] | None) -> np.ndarray:
-    """Builds an ``int16[256]`` lookup table raw value -> train id.
+  """Builds an `int16[256]` lookup table raw value -> train id.
 
-    Args:
-      mapping: raw id -> train id for the kept classes; all other valid raw ids -> 255.
-      valid_raw_ids: the raw values allowed in the source format; others map to ``INVALID``.
-        ``None`` allows every value 0..255.
-    Returns:
-      ``np.int16[256]``; apply with ``lut[label]`` then check for ``INVALID``.
-    """
-    lut = np.full(256, IGNORE_LABEL if valid_raw_ids is None else INVALID, dtype=np.int16)
-    if valid_raw_ids is not None:
-        lut[np.asarray(list(valid_raw_ids), dtype=np.int64)] = IGNORE_LABEL
-    for raw, train in mapping.items():
-        if 0 <= raw < 256:
-            lut[raw] = train
-    return lut
+  Args:
+    mapping: raw id -> train id for the kept classes; all other valid raw ids -> 255.
+    valid_raw_ids: the raw values allowed in the source format; others map to `INVALID`.
+      `None` allows every value 0..255.
+  Returns:
+    `np.int16[256]`; apply with `lut[label]` then check for `INVALID`.
+  """
+  lut = np.full(256, IGNORE_LABEL if valid_raw_ids is None else INVALID, dtype=np.int16)
+  if valid_raw_ids is not None:
+    lut[np.asarray(list(valid_raw_ids), dtype=np.int64)] = IGNORE_LABEL
+  for raw, train in mapping.items():
+    if 0 <= raw < 256:
+      lut[raw] = train
+  return lut
 
 
 def apply_lut(label: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Maps a raw ``uint8``/``uint16`` label through ``lut``.
+  """Maps a raw `uint8`/`uint16` label through `lut`.
 
-    Returns ``(mapped uint8 [H, W], sorted array of raw values that were INVALID)``.
-    Values >= ``len(lut)`` are INVALID as well.
-    """
-    raw = np.asarray(label)
-    too_big = raw >= lut.shape[0]
-    safe = np.where(too_big, 0, raw).astype(np.intp)
-    mapped = lut[safe]
-    bad_mask = too_big | (mapped == INVALID)
-    bad = np.unique(raw[bad_mask]) if bad_mask.any() else np.zeros((0,), raw.dtype)
-    return np.where(bad_mask, IGNORE_LABEL, mapped).astype(np.uint8), bad
+  Args:
+    label: raw ids, `[H, W]`.
+    lut: a table from `make_lut`; values >= `len(lut)` are INVALID as well.
+
+  Returns:
+    `(mapped uint8 [H, W], sorted array of the raw values that were INVALID)`; INVALID
+    pixels map to 255.
+  """
+  raw = np.asarray(label)
+  too_big = raw >= lut.shape[0]
+  safe = np.where(too_big, 0, raw).astype(np.intp)
+  mapped = lut[safe]
+  bad_mask = too_big | (mapped == INVALID)
+  bad = np.unique(raw[bad_mask]) if bad_mask.any() else np.zeros((0,), raw.dtype)
+  return np.where(bad_mask, IGNORE_LABEL, mapped).astype(np.uint8), bad
 
 
 # ----------------------------------------------------------------------------- VOC
@@ -160,18 +165,18 @@ VOC_CLASS_NAMES: tuple[str, ...] = (
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved label index), ``uint8 [n, 3]`` RGB."""
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
+  """The PASCAL VOC colour map (bit-interleaved label index), `uint8 [n, 3]` RGB."""
+  pal = np.zeros((n, 3), dtype=np.uint8)
+  for i in range(n):
+    r = g = b = 0
+    c = i
+    for j in range(8):
+      r |= ((c >> 0) & 1) << (7 - j)
+      g |= ((c >> 1) & 1) << (7 - j)
+      b |= ((c >> 2) & 1) << (7 - j)
+      c >>= 3
+    pal[i] = (r, g, b)
+  return pal
 
 
 VOC_PALETTE: np.ndarray = voc_palette(21)
@@ -203,22 +208,22 @@ SYNTHIA_PROTOCOL_TRAIN_IDS: dict[str, tuple[int, ...]] = {
 
 
 def synthia_mapping(protocol: str) -> dict[int, int]:
-    """SYNTHIA raw id -> contiguous id ``0..K-1`` for protocol ``'16'`` or ``'13'``."""
-    kept = SYNTHIA_PROTOCOL_TRAIN_IDS[protocol]
-    contiguous = {tid: k for k, tid in enumerate(kept)}
-    return {raw: contiguous[tid] for raw, tid in SYNTHIA_TO_CITYSCAPES_TRAIN_ID.items()
-            if tid in contiguous}
+  """SYNTHIA raw id -> contiguous id `0..K-1` for protocol `'16'` or `'13'`."""
+  kept = SYNTHIA_PROTOCOL_TRAIN_IDS[protocol]
+  contiguous = {tid: k for k, tid in enumerate(kept)}
+  return {raw: contiguous[tid] for raw, tid in SYNTHIA_TO_CITYSCAPES_TRAIN_ID.items()
+          if tid in contiguous}
 
 
 def cityscapes_to_protocol_lut(protocol: str) -> np.ndarray:
-    """``uint8[256]``: Cityscapes trainId -> contiguous protocol id (others -> 255).
+  """`uint8[256]`: Cityscapes trainId -> contiguous protocol id (others -> 255).
 
-    Use it to evaluate a SYNTHIA-trained model on Cityscapes labels stored as trainIds.
-    """
-    lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
-    for k, tid in enumerate(SYNTHIA_PROTOCOL_TRAIN_IDS[protocol]):
-        lut[tid] = k
-    return lut
+  Use it to evaluate a SYNTHIA-trained model on Cityscapes labels stored as trainIds.
+  """
+  lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
+  for k, tid in enumerate(SYNTHIA_PROTOCOL_TRAIN_IDS[protocol]):
+    lut[tid] = k
+  return lut
 
 
 # ----------------------------------------------------------------------------- shapes

@@ -8,6 +8,9 @@ import logging
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import ml_collections
+import orbax.checkpoint as ocp
+
 from advseg_jax import model_io
 from advseg_jax.train.checkpoint import (BEST_MODEL, CHECKPOINT_DIR, FINAL_MODEL, CheckpointError,
                                          _abs, _one_line, valid_steps)
@@ -21,7 +24,6 @@ def _is_model_dir(path: str) -> bool:
 
 
 def _config_from_meta(meta: Mapping[str, Any], where: str):
-  import ml_collections  # pylint: disable=import-outside-toplevel
   cfg = meta.get("config")
   if not isinstance(cfg, Mapping):
     raise CheckpointError(f"{where}: meta has no config")
@@ -31,7 +33,6 @@ def _config_from_meta(meta: Mapping[str, Any], where: str):
 def _restore_raw_step(step_dir: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]],
                                                Dict[str, Any]]:
   """(g_state dict, d_state dict or None, meta) of one step directory, without templates."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   out = {}
   try:
     with ocp.StandardCheckpointer() as ckptr:
@@ -107,6 +108,16 @@ def load_for_inference(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   raise CheckpointError(f"{path}: neither a model directory ({model_io.SPEC_FILE}) nor a "
                         f"training workdir ({BEST_MODEL}/, {CHECKPOINT_DIR}/ or "
                         f"{FINAL_MODEL}/)")
+
+
+def load_generator(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`load_for_inference(path)`, checked to be a generator (a segmentation network)."""
+  variables, spec = load_for_inference(path)
+  spec = dict(spec)
+  if spec.get("kind", "generator") != "generator":
+    raise CheckpointError(f"{path}: holds a {spec.get('kind')} ({spec.get('arch')}), not a "
+                          f"segmentation network")
+  return variables, spec
 
 
 def load_discriminator_for_inference(path: str) -> Optional[Tuple[Dict[str, Any],

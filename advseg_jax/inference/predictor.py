@@ -2,12 +2,15 @@
 
     predict = make_predict_fn(g_model, flip=False, scales=(1.0,))
     probs = predict(variables, images_nhwc, out_hw)      # [B, H, W, C], softmax
+    labels, confidence = make_label_fn(g_model)(variables, images_nhwc, out_hw)
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
+from advseg_jax.kernels import compile_options
 from advseg_jax.models.deeplab import upsample_logits
 
 
@@ -40,3 +43,21 @@ def make_predict_fn(g_model, *, flip: bool = False, scales=(1.0,)):
     return probs / n if n > 1 else probs
 
   return predict
+
+
+def jit_predict_fn(g_model, *, flip: bool = False, scales=(1.0,)):
+  """`make_predict_fn`, compiled (`out_hw` static): probabilities [B, H, W, C]."""
+  return compile_options.jit(make_predict_fn(g_model, flip=flip, scales=tuple(scales)),
+                             static_argnums=2)
+
+
+def make_label_fn(g_model, *, flip: bool = False, scales=(1.0,)):
+  """Compiled `fn(variables, images, out_hw) -> (class ids int32 [B, H, W], max probability
+  float32 [B, H, W])` (`out_hw` static)."""
+  predict = make_predict_fn(g_model, flip=flip, scales=tuple(scales))
+
+  def fn(variables, images, out_hw):
+    probs = predict(variables, images, out_hw)
+    return jnp.argmax(probs, axis=-1).astype(jnp.int32), jnp.max(probs, axis=-1)
+
+  return compile_options.jit(fn, static_argnums=2)

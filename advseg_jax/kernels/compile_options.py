@@ -6,16 +6,14 @@ XLA:CPU removes optimisation barriers early in its pipeline (the `cse_barrier_ex
 pass), before operator fusion. Its fusion pass may duplicate cheap elementwise producers
 into every consumer, and in a residual network that runs away: each block output
 `relu(bn3 + residual)` was fused into all later blocks of its layer, so the whole residual
-stream was recomputed inside every block (layer3's last block fused 123 operands), in the
-forward and again in the backward. `models.resnet.Bottleneck` puts a barrier on its output;
-with this option the barrier survives to fusion and every block output is computed once.
-Measured on 2 CPU cores (benchmarks/RESULTS.md): ResNet-101's train-mode forward at 2x97x97
-132 -> 94 ms, the three training steps 17-24% faster. Values do not change (a barrier is an
-identity); XLA:CPU executes the kept barriers as no-ops.
+stream was recomputed inside every block, in the forward and again in the backward.
+`Kernels.block_output` (kernels.selection) puts a barrier on each block's output; with this
+option the barrier survives to fusion and every block output is computed once (the training
+steps 17-24% faster on 2 CPU cores, benchmarks/RESULTS.md). Values do not change (a barrier
+is an identity).
 
-Other backends get no option: the duplication was found and measured on XLA:CPU only (no
-GPU was available). An `--xla_disable_hlo_passes` list in the environment's XLA_FLAGS is
-kept and extended.
+On other backends `jit` and `pmap` are plain `jax.jit` / `jax.pmap`. An
+`--xla_disable_hlo_passes` list in the environment's XLA_FLAGS is kept and extended.
 
     fn = compile_options.jit(body, donate_argnums=(0,))     # jax.jit + the options
     fn = compile_options.pmap(body, axis_name="batch", ...)  # jax.pmap + the options
@@ -98,10 +96,9 @@ class _PmapWithOptions:
     return _LoweredWithOptions(self._pmapped.lower(*args), self._options)
 
   def _runs_plain_pmap(self) -> bool:
-    # No options, or several processes: a multi-process pmap takes process-local arrays,
-    # which `jax.pmap` itself turns into global ones; its AOT executables expect the global
-    # arrays. Plain pmap there.
-    return self._options is None or jax.process_count() > 1
+    # Several processes: a multi-process pmap takes process-local arrays, which `jax.pmap`
+    # itself turns into global ones; its AOT executables expect the global arrays.
+    return jax.process_count() > 1
 
   def _cache_size(self) -> Optional[int]:
     """Executables compiled so far (like a jitted function's `_cache_size()`); None where
@@ -123,7 +120,9 @@ def pmap(fun: Callable, *, devices: Optional[Sequence[Any]] = None, **pmap_kwarg
   """`jax.pmap(fun, devices=devices, **pmap_kwargs)` compiled with `for_devices(devices)`.
 
   The result is called like the pmapped function; `.lower(...)` returns a `Lowered` whose
-  `.compile()` adds the options. With several processes the call runs the plain pmap
-  (without the options; multi-process CPU runs are for tests)."""
+  `.compile()` adds the options. Without options (not CPU) it is the plain pmap; with
+  several processes the call runs the plain pmap too (multi-process CPU runs are for
+  tests)."""
   pmapped = jax.pmap(fun, devices=devices, **pmap_kwargs)
-  return _PmapWithOptions(pmapped, for_devices(devices))
+  options = for_devices(devices)
+  return pmapped if options is None else _PmapWithOptions(pmapped, options)

@@ -9,28 +9,24 @@ supervised step at 2x97x97 (a 260 MB buffer) that was 74k page faults and 100-14
 time per step on 2 CPU cores.
 
 Two measures (benchmarks/RESULTS.md has the figures):
-1. `reexec_with_hugepages()`: the process entry re-executes itself once, same interpreter
-   and arguments, with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added (glibc >= 2.35 reads it
-   at start only). glibc then asks for transparent huge pages (madvise mode, the usual system
-   default), so a fresh buffer is faulted in 2 MB at a time: 74k -> about 650 faults per step,
-   the JAX steps 10-16% faster.
+1. `hugepage_environment()`: the environment for a new process with
+   `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added (glibc >= 2.35 reads it at start only).
+   glibc then asks for transparent huge pages (madvise mode, the usual system default), so
+   a fresh buffer is faulted in 2 MB at a time: 74k -> about 650 faults per step.
 2. `configure()` sets, through `mallopt`:
      M_MMAP_MAX = 0           blocks come from the heap, not from their own mapping,
      M_TRIM_THRESHOLD = 2 GiB the heap is not shrunk after each step,
    so a freed buffer up to 64 MB (the most a thread's arena holds; glibc maps larger ones
-   whatever M_MMAP_MAX says) is reused by the next step with its pages still mapped: the demo's
-   training loop 19-24 -> 24-29 steps/s.
-A single arena (M_ARENA_MAX=1) would also keep the larger buffers mapped, but it made the
-demo's training loop 30% slower (every thread behind one allocator lock), so it is not set.
+   whatever M_MMAP_MAX says) is reused by the next step with its pages still mapped.
+A single arena (M_ARENA_MAX=1) would also keep the larger buffers mapped, but every thread
+would then wait on one allocator lock, so it is not set.
 
-Both are applied only on Linux with glibc, when JAX runs on CPU, and not when the user set any
-glibc malloc variable (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_, ...,
-GLIBC_TUNABLES=glibc.malloc.*). `ADVSEG_JAX_HOST_MALLOC=default` turns them off. The cost: the
-process keeps its peak heap (like a caching allocator), rounded to huge pages.
-
-`python -m advseg_jax COMMAND` (every command) and the benchmarks' case processes
-(`benchmarks/step_throughput.py`, `torch_step.py`, `--host_malloc`) use them; importing the
-library, or calling a command's `main()` in-process, changes nothing.
+Both are opt-in: nothing in the library calls them; the benchmarks do (`--host_malloc
+tuned`, benchmarks/speed/_common.py). They apply only on Linux with glibc, when JAX runs on CPU,
+and not when the user set any glibc malloc variable (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_,
+MALLOC_TRIM_THRESHOLD_, ..., GLIBC_TUNABLES=glibc.malloc.*); `ADVSEG_JAX_HOST_MALLOC=default`
+turns them off. The cost: the process keeps its peak heap (like a caching allocator),
+rounded to huge pages.
 """
 
 from __future__ import annotations
@@ -48,7 +44,7 @@ _USER_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOL
                    "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: madvise(MADV_HUGEPAGE) its memory
-_OURS = "ADVSEG_JAX_HOST_MALLOC_TUNABLE"     # marks the tunable this module added (not the user's)
+TUNABLE_MARKER = "ADVSEG_JAX_HOST_MALLOC_TUNABLE"  # names the tunable this module added
 
 _state: Dict[str, Optional[str]] = {"applied": None, "reason": None}
 
@@ -60,7 +56,7 @@ def _tunables(env) -> list:
 
 def _user_tunables(env) -> str:
   """GLIBC_TUNABLES of `env` without the entry this module added."""
-  return ":".join(t for t in _tunables(env) if t != env.get(_OURS))
+  return ":".join(t for t in _tunables(env) if t != env.get(TUNABLE_MARKER))
 
 
 def hugepage_environment(env=None) -> dict:
@@ -71,27 +67,12 @@ def hugepage_environment(env=None) -> dict:
   tunables = _tunables(env)
   if HUGEPAGE_TUNABLE not in tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGEPAGE_TUNABLE])
-    env[_OURS] = HUGEPAGE_TUNABLE
+    env[TUNABLE_MARKER] = HUGEPAGE_TUNABLE
   return env
 
 
 def hugepages_active() -> bool:
   return HUGEPAGE_TUNABLE in _tunables(os.environ)
-
-
-def reexec_with_hugepages() -> None:
-  """Process entry: re-executes this process, same interpreter and arguments, with
-  `hugepage_environment()` when `skip_reason()` is None and huge pages are not requested yet.
-  Returns without doing anything otherwise (also after the re-exec: the marker variable stops
-  a loop where glibc ignores the tunable)."""
-  if _OURS in os.environ or skip_reason() is not None:  # a tunable of the user's: skip_reason
-    return
-  argv = list(getattr(sys, "orig_argv", None) or [])
-  if not argv:
-    return
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, argv, hugepage_environment())
 
 
 def _glibc():

@@ -1,4 +1,4 @@
-"""DeepLab-v2 ASPP classifier (`Classifier_Module`, ORIGINALS.md §1.2).
+"""DeepLab-v2 ASPP classifier (`Classifier_Module`, docs/FIDELITY.md §1.2).
 
 Four 3x3 convs `in -> num_classes` with bias and dilation = padding in (6, 12, 18, 24),
 weights N(0, 0.01), biases PyTorch default. Their outputs are **summed**. The released
@@ -7,11 +7,6 @@ contribute: `branches_used=2` reproduces that, `branches_used=4` is the correcte
 All four convs always exist (they are in every state_dict).
 
 Parameters: `conv{i}/kernel` [3,3,in,C], `conv{i}/bias` [C]  <- `conv2d_list.{i}.{weight,bias}`.
-
-`impl='matmul'` computes the used branches together as one matrix product and shifted adds
-(`layers.dilated_conv3x3_sum`, same variables and values up to float rounding): XLA:CPU runs
-these 2048 -> 21 channel convolutions far below its matrix-product rate. 'conv' uses one
-convolution per branch; 'auto' is matmul on CPU and conv elsewhere.
 """
 
 from __future__ import annotations
@@ -22,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advseg_jax.kernels.selection import Kernels
 from advseg_jax.models import layers
 from advseg_jax.precision import wide_dtype
 
@@ -29,43 +25,25 @@ ASPP_DILATIONS = (6, 12, 18, 24)
 
 
 class ASPPClassifier(nn.Module):
-  """[N, H, W, Cin] -> logits [N, H, W, num_classes] (same spatial size)."""
+  """[N, H, W, Cin] -> logits [N, H, W, num_classes] (same spatial size). `kernels` chooses
+  how the sum of dilated convolutions is computed (`advseg_jax.kernels`)."""
   num_classes: int
   dilations: Sequence[int] = ASPP_DILATIONS
   branches_used: int = 2
   dtype: Any = jnp.float32
-  impl: str = "auto"
+  kernels: Kernels = Kernels()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if not 1 <= self.branches_used <= len(self.dilations):
       raise ValueError(f"aspp_branches_used must be in 1..{len(self.dilations)}, "
                        f"got {self.branches_used}")
-    in_features = x.shape[-1]
-    if layers.resolve_aspp_impl(self.impl) == "matmul":
-      return self._as_matmul(x, in_features)
-    out = None
-    for i, d in enumerate(self.dilations):
-      branch = layers.conv(self.num_classes, 3, padding=d, dilation=d, use_bias=True,
-                           in_features=in_features, dtype=self.dtype, name=f"conv{i}")
-      if i < self.branches_used:
-        y = branch(x)
-        out = y if out is None else out + y
-      elif self.is_initializing():
-        branch(x)  # Create the dead branches' parameters without using them.
-    return out
-
-  def _as_matmul(self, x: jax.Array, in_features: int) -> jax.Array:
-    """The used branches as one `layers.dilated_conv3x3_sum`, plus their biases."""
-    params = [BranchParams(self.num_classes, in_features, self.dtype, name=f"conv{i}")()
-              for i in range(len(self.dilations))]  # every branch's variables, used or not
+    branches = [BranchParams(self.num_classes, x.shape[-1], self.dtype, name=f"conv{i}")()
+                for i in range(len(self.dilations))]  # every branch's variables, used or not
     used = range(self.branches_used)
     dtype = self.dtype or jnp.result_type(x, jnp.float32)
-    kernels = jnp.stack([params[i][0] for i in used]).astype(dtype)
-    out = layers.dilated_conv3x3_sum(x.astype(dtype), kernels,
-                                     tuple(int(self.dilations[i]) for i in used))
-    bias = sum(params[i][1] for i in used)
-    return (out + bias).astype(dtype)
+    return self.kernels.dilated_conv_sum(x, [branches[i] for i in used],
+                                         [self.dilations[i] for i in used], dtype)
 
 
 class BranchParams(nn.Module):

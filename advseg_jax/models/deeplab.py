@@ -1,4 +1,4 @@
-"""DeepLab-v2 (`Res_Deeplab`, `DeeplabMulti`) in Flax linen, NHWC (ORIGINALS.md §1-2).
+"""DeepLab-v2 (`Res_Deeplab`, `DeeplabMulti`) in Flax linen, NHWC (docs/FIDELITY.md §1-2).
 
     model = DeepLabV2(num_classes=21)                     # Res_Deeplab(21)
     variables = model.init(key, jnp.zeros((1, 321, 321, 3)))
@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advseg_jax.kernels.selection import Kernels
 from advseg_jax.models import layers
 from advseg_jax.models.aspp import ASPP_DILATIONS, ASPPClassifier
 from advseg_jax.models.resnet import EXPANSION, RESNET_DEPTHS, ResLayer
@@ -58,14 +59,9 @@ class DeepLabV2(nn.Module):
     bn_axis_name: mapped axis for cross-device (sync) batch statistics, or None.
     dtype: activation/computation dtype; parameters, BN statistics and the returned logits
       are `precision.wide_dtype(dtype)` (float32; float64 for a float64 model).
-    pointwise_impl: 'dot' computes the backbone's 1x1 convolutions as matrix products
-      (`layers.PointwiseConv`: same variables, faster on XLA:CPU), 'conv' as convolutions.
-    conv_dx_impl: input gradient of the bottlenecks' stride-1 3x3 convolutions: 'matmul'
-      (`layers.Conv3x3MatmulDx`: a matrix product + col2im, same variables, faster on
-      XLA:CPU), 'xla' (XLA's convolution backward), 'auto' (matmul on CPU, else xla).
-    aspp_impl: how the ASPP head's dilated 3x3 convolutions are computed: 'matmul' (one
-      matrix product + shifted adds, `layers.dilated_conv3x3_sum`: same variables, faster
-      on XLA:CPU), 'conv' (one convolution per branch), 'auto' (matmul on CPU, else conv).
+    kernels: how the convolutions, batch norms and the ASPP sum are computed
+      (`advseg_jax.kernels.selection.Kernels`: same variables, same values up to float
+      rounding).
   """
   num_classes: int
   multi_level: bool = False
@@ -77,21 +73,18 @@ class DeepLabV2(nn.Module):
   bn_mode: str = "batch_stats"
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
-  pointwise_impl: str = "dot"
-  conv_dx_impl: str = "auto"
-  aspp_impl: str = "auto"
+  kernels: Kernels = Kernels()
 
   def _layer(self, idx: int, planes: int, stride: int, dilation: int) -> ResLayer:
     return ResLayer(planes=planes, blocks=self.depths[idx], stride=stride, dilation=dilation,
                     stride_in_1x1=self.stride_in_1x1, bn_mode=self.bn_mode,
-                    bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                    pointwise_impl=self.pointwise_impl, conv_dx_impl=self.conv_dx_impl,
+                    bn_axis_name=self.bn_axis_name, dtype=self.dtype, kernels=self.kernels,
                     name=f"layer{idx + 1}")
 
   def _classifier(self, name: str) -> ASPPClassifier:
     return ASPPClassifier(num_classes=self.num_classes, dilations=tuple(self.aspp_dilations),
                           branches_used=self.aspp_branches_used, dtype=self.dtype,
-                          impl=self.aspp_impl, name=name)
+                          kernels=self.kernels, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Logits:
@@ -102,9 +95,11 @@ class DeepLabV2(nn.Module):
     x = x.astype(self.dtype)
     w = self.width
     # The originals name the stem conv1/bn1 at the top level; keep those names.
-    x = layers.conv(w, 7, stride=2, padding=3, dtype=self.dtype, name="conv1")(x)
+    x = layers.conv(w, 7, stride=2, padding=3, dtype=self.dtype, kernels=self.kernels,
+                    name="conv1")(x)
     x = layers.BatchNorm(use_running_average=layers.resolve_bn_mode(self.bn_mode, train),
-                         axis_name=self.bn_axis_name, dtype=self.dtype, name="bn1")(x)
+                         axis_name=self.bn_axis_name, dtype=self.dtype, kernels=self.kernels,
+                         name="bn1")(x)
     x = layers.max_pool_ceil(nn.relu(x), 3, 2, 1)
     x = self._layer(0, w, 1, 1)(x, train)
     x = self._layer(1, w * 2, 2, 1)(x, train)

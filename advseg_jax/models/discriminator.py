@@ -1,4 +1,4 @@
-"""Discriminators (ORIGINALS.md §4), NHWC.
+"""Discriminators (docs/FIDELITY.md §4), NHWC.
 
 * `FCDiscriminator` -- AdvSemiSeg / AdaptSegNet: five 4x4/s2/p1 convs (ndf, 2ndf, 4ndf, 8ndf, 1)
   with LeakyReLU(0.2) between them, raw logits, no normalisation. Input: class probabilities

@@ -1,99 +1,37 @@
-"""The one table of architecture names, and building a Flax module from a `ModelSpec`.
+"""Architecture names (`advseg_jax.models.architectures`) and building a Flax module from a
+`ModelSpec`.
 
     registry.architecture("fc")            # -> Architecture(name='fc_discriminator', ...)
-    module = registry.build(spec)          # spec: models.spec.ModelSpec
-
-Each architecture has one name (stored in `model.json`, given to `convert --arch`) and the
-short name the training config uses (`config.model.arch`, `config.disc.arch`); both are
-accepted everywhere.
+    module = registry.build(spec)          # a models.spec.ModelSpec, or model.json content
+    module = registry.build(spec, impls={"aspp_impl": "conv"})   # advseg_jax.kernels choices
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Union
 
-import jax.numpy as jnp
-
+from advseg_jax.kernels import selection
+from advseg_jax.models.architectures import (ARCHITECTURES, DISCRIMINATOR_ARCHS, DTYPES,
+                                             GENERATOR_ARCHS, Architecture, architecture, names,
+                                             resolve_depths, resolve_dtype)
 from advseg_jax.models.deeplab import DeepLabV2
 from advseg_jax.models.discriminator import FCDiscriminator, ImageLabelDiscriminator
 from advseg_jax.models.resnet import RESNET_DEPTHS
-from advseg_jax.precision import require_x64_for
+from advseg_jax.models.spec import ModelSpec
+
+Impls = Union[Mapping[str, str], selection.Kernels, None]
 
 
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-  name: str          # model.json / convert name
-  config_name: str   # config.model.arch / config.disc.arch value
-  kind: str          # 'generator' | 'discriminator'
-  original: str      # the network in the original code
-  convertible: bool  # has a PyTorch state_dict layout (advseg_jax.torch_port)
+def build(spec: Union[ModelSpec, Mapping[str, Any]], *, bn_axis_name: Optional[str] = None,
+          impls: Impls = None):
+  """The Flax module of `spec` (a `ModelSpec`, or a mapping read by `ModelSpec.from_json`).
 
-
-ARCHITECTURES: Dict[str, Architecture] = {a.name: a for a in (
-    Architecture("deeplabv2", "deeplabv2", "generator", "Res_Deeplab", True),
-    Architecture("deeplabv2_multi", "deeplabv2_multi", "generator", "DeeplabMulti", True),
-    Architecture("fc_discriminator", "fc", "discriminator", "FCDiscriminator", True),
-    Architecture("fc2_discriminator", "fc2", "discriminator", "Dis (ICLR-2018 reproduction)",
-                 True),
-    Architecture("image_label_discriminator", "image_label", "discriminator",
-                 "Luc et al. 2016 image + label-map discriminator", False),
-)}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
-          "float64": jnp.float64}
-
-
-def names(kind: Optional[str] = None, *, config: bool = False,
-          convertible: Optional[bool] = None) -> Tuple[str, ...]:
-  """Architecture names (config names with `config=True`), optionally of one kind."""
-  return tuple(a.config_name if config else a.name for a in ARCHITECTURES.values()
-               if (kind is None or a.kind == kind)
-               and (convertible is None or a.convertible == convertible))
-
-
-GENERATOR_ARCHS = names("generator")
-DISCRIMINATOR_ARCHS = names("discriminator", config=True)   # config.disc.arch values
-
-
-def architecture(name: str) -> Architecture:
-  """The architecture called `name` (its name or config name)."""
-  for a in ARCHITECTURES.values():
-    if name in (a.name, a.config_name):
-      return a
-  raise ValueError(f"unknown architecture {name!r}: expected one of {names()} (or the config "
-                   f"names {tuple(a.config_name for a in ARCHITECTURES.values())})")
-
-
-def resolve_dtype(name: Any, what: str = "dtype", check_x64: bool = True) -> Any:
-  """A dtype name in DTYPES (or a dtype) -> the dtype; float64 only with x64 enabled."""
-  if name is None:
-    return jnp.float32
-  if isinstance(name, str):
-    if name not in DTYPES:
-      raise ValueError(f"{what} must be one of {sorted(DTYPES)}, got {name!r}")
-    name = DTYPES[name]
-  if check_x64:
-    require_x64_for(name, what)
-  return name
-
-
-def resolve_depths(depths: Any) -> Tuple[int, ...]:
-  """4 ints, or a name in RESNET_DEPTHS ('resnet101', 'resnet50', 'tiny') -> 4 ints."""
-  if isinstance(depths, str):
-    if depths not in RESNET_DEPTHS:
-      raise ValueError(f"model.depths must be one of {sorted(RESNET_DEPTHS)} or 4 ints, "
-                       f"got {depths!r}")
-    return tuple(RESNET_DEPTHS[depths])
-  depths = tuple(int(d) for d in depths)
-  if len(depths) != 4 or min(depths) < 1:
-    raise ValueError(f"model.depths must be 4 positive ints, got {depths}")
-  return depths
-
-
-def build(spec: Any, *, bn_axis_name: Optional[str] = None,
-          impls: Optional[Mapping[str, str]] = None):
-  """The Flax module of `spec` (a `ModelSpec`). `bn_axis_name`: device axis for synchronised
-  batch statistics; `impls`: backend implementation choices (advseg_jax.kernels)."""
+  `bn_axis_name`: device axis for synchronised batch statistics; `impls`: how the generator's
+  operations are computed, `{'pointwise_impl': ..., 'conv_dx_impl': ..., 'aspp_impl': ...}`
+  (`advseg_jax.kernels.selection.select`) or a `Kernels`.
+  """
+  if not isinstance(spec, ModelSpec):
+    spec = ModelSpec.from_json(spec)
   arch = architecture(spec.arch)
   dtype = resolve_dtype(spec.dtype, "dtype")
   if arch.config_name == "fc":
@@ -103,12 +41,14 @@ def build(spec: Any, *, bn_axis_name: Optional[str] = None,
                            upsample_to_input=True, dtype=dtype)
   if arch.config_name == "image_label":
     return ImageLabelDiscriminator(dtype=dtype)
-  impls = dict(impls or {})
+  kernels = (impls if isinstance(impls, selection.Kernels)
+             else selection.select(**dict(impls or {})))
   return DeepLabV2(
       num_classes=int(spec.num_classes), multi_level=arch.name == "deeplabv2_multi",
-      depths=resolve_depths(spec.depths), width=int(spec.width),
-      stride_in_1x1=bool(spec.stride_in_1x1), aspp_branches_used=int(spec.aspp_branches_used),
-      bn_mode=str(spec.bn_mode), bn_axis_name=bn_axis_name, dtype=dtype,
-      pointwise_impl=impls.get("pointwise_impl", "dot"),
-      conv_dx_impl=impls.get("conv_dx_impl", "auto"),
-      aspp_impl=impls.get("aspp_impl", "auto"))
+      depths=spec.depths, width=int(spec.width), stride_in_1x1=bool(spec.stride_in_1x1),
+      aspp_branches_used=int(spec.aspp_branches_used), bn_mode=str(spec.bn_mode),
+      bn_axis_name=bn_axis_name, dtype=dtype, kernels=kernels)
+
+
+__all__ = ["ARCHITECTURES", "Architecture", "DISCRIMINATOR_ARCHS", "DTYPES", "GENERATOR_ARCHS",
+           "RESNET_DEPTHS", "architecture", "build", "names", "resolve_depths", "resolve_dtype"]

@@ -1,4 +1,4 @@
-"""DeepLab-v2 dilated ResNet backbone (ORIGINALS.md §1.1), NHWC.
+"""DeepLab-v2 dilated ResNet backbone (docs/FIDELITY.md §1.1), NHWC.
 
 Module names mirror the PyTorch state_dict so conversion is a renaming:
 
@@ -16,8 +16,8 @@ from typing import Any, Dict, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from advseg_jax.kernels.selection import Kernels
 from advseg_jax.models import layers
 
 RESNET_DEPTHS: Dict[str, Sequence[int]] = {
@@ -33,7 +33,8 @@ class Bottleneck(nn.Module):
 
   MSRA/Caffe layout (`stride_in_1x1=True`, the originals): the block stride sits in the 1x1
   `conv1`; torchvision layout (`stride_in_1x1=False`) puts it in the 3x3 `conv2`. The 3x3 conv
-  has `dilation = padding = dilation`.
+  has `dilation = padding = dilation`. `kernels` chooses how the convolutions and batch
+  norms are computed (`advseg_jax.kernels`).
 
   Input [N, H, W, Cin] -> output [N, H', W', 4 * planes].
   """
@@ -45,38 +46,30 @@ class Bottleneck(nn.Module):
   bn_mode: str = "batch_stats"
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
-  pointwise_impl: str = "dot"
-  conv_dx_impl: str = "auto"
+  kernels: Kernels = Kernels()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     use_ra = layers.resolve_bn_mode(self.bn_mode, train)
-    norm = lambda name: layers.BatchNorm(
-        use_running_average=use_ra, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
+    norm = lambda name: layers.BatchNorm(use_running_average=use_ra, axis_name=self.bn_axis_name,
+                                         dtype=self.dtype, kernels=self.kernels, name=name)
+    conv = lambda features, kernel, **kw: layers.conv(features, kernel, dtype=self.dtype,
+                                                      kernels=self.kernels, **kw)
     s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
 
-    pw = self.pointwise_impl
-    out = layers.conv(self.planes, 1, stride=s1, dtype=self.dtype, pointwise_impl=pw,
-                      name="conv1")(x)
+    out = conv(self.planes, 1, stride=s1, name="conv1")(x)
     out = nn.relu(norm("bn1")(out))
-    out = layers.conv(self.planes, 3, stride=s3, padding=self.dilation, dilation=self.dilation,
-                      dtype=self.dtype, dx_impl=self.conv_dx_impl, name="conv2")(out)
+    out = conv(self.planes, 3, stride=s3, padding=self.dilation, dilation=self.dilation,
+               name="conv2")(out)
     out = nn.relu(norm("bn2")(out))
-    out = layers.conv(self.planes * EXPANSION, 1, dtype=self.dtype, pointwise_impl=pw,
-                      name="conv3")(out)
+    out = conv(self.planes * EXPANSION, 1, name="conv3")(out)
     out = norm("bn3")(out)
 
     residual = x
     if self.downsample:
-      residual = layers.conv(self.planes * EXPANSION, 1, stride=self.stride, dtype=self.dtype,
-                             pointwise_impl=pw, name="downsample_conv")(x)
+      residual = conv(self.planes * EXPANSION, 1, stride=self.stride, name="downsample_conv")(x)
       residual = norm("downsample_bn")(residual)
-    # Materialise the block output. Without the barrier XLA:CPU fuses each block's
-    # `relu(bn3 + residual)` into the next blocks' consumers and so recomputes the whole
-    # residual stream of a layer inside every later block (quadratic in depth: layer3's
-    # last block fused 123 operands), in the forward and again in the backward.
-    # `advseg_jax.kernels.compile_options` keeps XLA:CPU from dropping the barrier before fusion.
-    return lax.optimization_barrier(nn.relu(out + residual))
+    return self.kernels.block_output(nn.relu(out + residual))
 
 
 class ResLayer(nn.Module):
@@ -91,8 +84,7 @@ class ResLayer(nn.Module):
   bn_mode: str = "batch_stats"
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
-  pointwise_impl: str = "dot"
-  conv_dx_impl: str = "auto"
+  kernels: Kernels = Kernels()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -109,8 +101,7 @@ class ResLayer(nn.Module):
           bn_mode=self.bn_mode,
           bn_axis_name=self.bn_axis_name,
           dtype=self.dtype,
-          pointwise_impl=self.pointwise_impl,
-          conv_dx_impl=self.conv_dx_impl,
+          kernels=self.kernels,
           name=f"block{b}")(x, train)
     return x
 

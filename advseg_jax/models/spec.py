@@ -19,11 +19,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from advseg_jax.data.registry import CAFFE_MEAN_BGR
-from advseg_jax.models import registry
+from advseg_jax.normalization import CAFFE_MEAN_BGR, CHANNEL_ORDERS
+from advseg_jax.models import architectures
 from advseg_jax.models.layers import BN_MODES
 
-CHANNEL_ORDERS = ("RGB", "BGR")
 GENERATOR_FIELDS = ("depths", "width", "stride_in_1x1", "aspp_branches_used", "bn_mode",
                     "channel_order", "mean_bgr")
 DISCRIMINATOR_FIELDS = ("ndf",)
@@ -43,7 +42,7 @@ class ModelSpec:
   """Architecture and input convention of one network (see the module docstring)."""
   arch: str
   num_classes: int
-  depths: Tuple[int, ...] = registry.RESNET_DEPTHS["resnet101"]
+  depths: Tuple[int, ...] = architectures.RESNET_DEPTHS["resnet101"]
   width: int = 64
   stride_in_1x1: bool = True
   aspp_branches_used: int = 2
@@ -55,9 +54,9 @@ class ModelSpec:
 
   def __post_init__(self):
     try:
-      arch = registry.architecture(self.arch).name
-      depths = registry.resolve_depths(self.depths)
-      registry.resolve_dtype(self.dtype, "dtype", check_x64=False)
+      arch = architectures.architecture(self.arch).name
+      depths = architectures.resolve_depths(self.depths)
+      architectures.resolve_dtype(self.dtype, "dtype", check_x64=False)
     except ValueError as e:
       raise SpecError(str(e)) from None
     set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -76,7 +75,7 @@ class ModelSpec:
   @property
   def kind(self) -> str:
     """'generator' or 'discriminator'."""
-    return registry.architecture(self.arch).kind
+    return architectures.architecture(self.arch).kind
 
   @property
   def is_generator(self) -> bool:
@@ -115,8 +114,9 @@ class ModelSpec:
     its input channels as `num_classes`)."""
     get = (model.get if isinstance(model, Mapping) or hasattr(model, "get")
            else lambda k, d=None: getattr(model, k, d))
-    arch = registry.architecture(get("arch", "deeplabv2"))
-    fields: Dict[str, Any] = {"arch": arch.name, "num_classes": num_classes or get("num_classes", 21),
+    arch = architectures.architecture(get("arch", "deeplabv2"))
+    fields: Dict[str, Any] = {"arch": arch.name,
+                              "num_classes": num_classes or get("num_classes", 21),
                               "dtype": str(get("dtype", "float32") or "float32")}
     if arch.kind == "generator":
       fields.update({k: get(k) for k in GENERATOR_FIELDS[:5] if get(k) is not None})
@@ -132,7 +132,7 @@ class ModelSpec:
     for the 21-class `deeplabv2` of AdvSemiSeg, BGR for AdaptSegNet and the Caffe inits;
     docs/FIDELITY.md §6.5 and §7.3) unless given."""
     if fields.get("channel_order") is None:
-      name = registry.architecture(arch).name
+      name = architectures.architecture(arch).name
       fields["channel_order"] = "RGB" if (name == "deeplabv2" and int(num_classes) == 21) \
           else "BGR"
     return cls(arch, num_classes, **fields)

@@ -16,21 +16,22 @@ a renaming of path components plus a layout change for conv kernels:
     params/classifier/...  (ICLR `Dis`)              <-> conv5.*
 
 Kernels: HWIO = OIHW.transpose(2, 3, 1, 0); OIHW = HWIO.transpose(3, 2, 0, 1). Everything else
-is copied as is. Both directions are exact (pure transposes, no arithmetic).
+is copied as is. Both directions are exact (pure transposes, no arithmetic). Variables are
+flattened with `flax.traverse_util.flatten_dict` (paths as tuples).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Mapping, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 
+from advseg_jax.models import registry
+
 FlaxPath = Tuple[str, ...]  # (collection, module..., leaf), e.g. ('params', 'conv1', 'kernel')
 
-GENERATOR_ARCHS = ("deeplabv2", "deeplabv2_multi")
-DISCRIMINATOR_ARCHS = ("fc_discriminator", "fc2_discriminator")
-ARCHS = GENERATOR_ARCHS + DISCRIMINATOR_ARCHS
+ARCHS = registry.names(convertible=True)  # the architectures with a state_dict layout
 CLASSIFIER_MODULES = ("layer5", "layer6")  # ASPP heads of the generators
 
 _LEAF_TO_TORCH = {
@@ -116,27 +117,6 @@ def torch_shape(path: FlaxPath, flax_shape: Iterable[int]) -> Tuple[int, ...]:
     h, w, i, o = shape
     return (o, i, h, w)
   return shape
-
-
-def flatten(tree: Mapping, prefix: FlaxPath = ()) -> Dict[FlaxPath, object]:
-  """{(collection, ..., leaf): array} from nested dicts (FrozenDicts included)."""
-  out: Dict[FlaxPath, object] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (str(k),)))
-    else:
-      out[prefix + (str(k),)] = v
-  return out
-
-
-def unflatten(flat: Mapping[FlaxPath, object]) -> Dict:
-  out: Dict = {}
-  for path, value in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = value
-  return out
 
 
 def name_map(flax_paths: Iterable[FlaxPath], arch: str) -> Dict[str, FlaxPath]:

@@ -1,4 +1,4 @@
-"""Training checkpoints (orbax) and exported models.
+"""Training checkpoints (orbax): save, restore, fall back from a corrupt latest step.
 
 Workdir layout (all written by `advseg_jax.train.loop`):
 
@@ -8,16 +8,12 @@ Workdir layout (all written by `advseg_jax.train.loop`):
         meta/                          JSON: step, rng, seed, best mIoU, split, config, method
         data_iter/                     JSON: each process's data-iterator states
     WORKDIR/checkpoints.corrupt/       step directories that failed to restore (moved aside)
-    WORKDIR/best_model/, final_model/  standalone model directories (`advseg_jax.model_io`)
+    WORKDIR/best_model/, final_model/  model directories (`advseg_jax.train.export`)
 
 States are stored without a device axis (unreplicated host numpy), so a checkpoint restores
 on any device count. Saving is asynchronous; a step directory appears only once complete
-(orbax writes to a temporary directory and renames it).
-
-Public helpers for other commands:
-
-    variables, spec = load_for_inference(path)     # model dir, training workdir or step dir
-    loaded = load_discriminator_for_inference(path)   # (variables, spec) or None
+(orbax writes to a temporary directory and renames it). Loading a generator for inference
+from a workdir or step directory: `advseg_jax.inference.loading`.
 """
 
 from __future__ import annotations
@@ -33,6 +29,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from advseg_jax.config.diff import json_default, json_normal
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +42,13 @@ FINAL_MODEL = "final_model"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 ITEMS = ("g_state", "d_state", "meta", "data_iter")
 
-# Fields that may differ between the saved and the new config without --allow_config_change:
-# they change how often things are logged / saved / evaluated, where data is read from, or
-# how the run is spread over devices or computed (float rounding only), but not the training
-# trajectory.
-OPERATIONAL_FIELDS = (
-    "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_max_examples",
-    "num_steps_stop", "parallel.mode", "model.pointwise_impl", "model.conv_dx_impl",
-    "model.aspp_impl",
-    "diagnostics.grad_norms", "diagnostics.d_wins_threshold", "diagnostics.d_wins_patience",
-    "diagnostics.d_collapse_accuracy", "init.checkpoint", "init.rule", "init.d_checkpoint")
-OPERATIONAL_STREAM_FIELDS = ("data_dir", "manual_dir", "num_workers", "read_threads",
-                             "skip_bad_examples")
-
-
 class CheckpointError(Exception):
   """A checkpoint or model directory cannot be used; the message names the path."""
 
 
 class ConfigChangeError(CheckpointError):
-  """The workdir's saved config differs from the new one (see `config_differences`)."""
+  """The workdir's saved config differs from the new one
+  (see `advseg_jax.config.diff.config_differences`)."""
 
 
 class CheckpointWriteError(CheckpointError):
@@ -70,20 +56,20 @@ class CheckpointWriteError(CheckpointError):
   saved is untouched and the message names the latest complete step."""
 
 
-_OS_PROBLEMS = re.compile(
+OS_PROBLEMS = re.compile(
     r"(No space left on device|Disk quota exceeded|Permission denied|Read-only file system|"
     r"File too large|Input/output error)")
 
 
-def _write_problem(e: BaseException) -> str:
+def write_problem(e: BaseException) -> str:
   """The operating-system reason of a failed write (orbax wraps it deep in its message)."""
   if isinstance(e, OSError) and e.strerror:
     return f"{e.strerror} (errno {e.errno})"
-  m = _OS_PROBLEMS.search(str(e))
+  m = OS_PROBLEMS.search(str(e))
   if m:
     code = re.search(r"os_error_code='?(\d+)", str(e))
     return m.group(1) + (f" (errno {code.group(1)})" if code else "")
-  return _one_line(e, 400)
+  return one_line(e, 400)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -91,11 +77,15 @@ def _abs(path: str) -> str:
   return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def _one_line(e: BaseException, limit: int = 240) -> str:
+def one_line(e: BaseException, limit: int = 240) -> str:
+  """`'ErrorType: message'` on one line, cut after `limit` characters."""
   msg = " ".join(str(e).split()) or type(e).__name__
   if len(msg) > limit:
     msg = msg[:limit] + "..."
   return f"{type(e).__name__}: {msg}"
+
+
+_one_line = one_line  # the name `advseg_jax.inference.loading` imports
 
 
 def to_host(tree: Any) -> Any:
@@ -113,70 +103,11 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
-def _json_normal(x: Any) -> Any:
-  return json.loads(json.dumps(x, default=_json_default))
-
-
-def _json_default(x: Any) -> Any:
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating,)):
-    return float(x)
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, (set, frozenset)):
-    return sorted(x)
-  return repr(x)
-
-
-def config_to_dict(config: Any) -> Dict[str, Any]:
-  """A JSON-normal dict of a ConfigDict (tuples -> lists, references resolved)."""
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  return _json_normal(config)
-
-
-def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  if isinstance(d, Mapping):
-    for k, v in d.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    if not d and prefix:
-      out[prefix[:-1]] = {}
-  else:
-    out[prefix[:-1]] = d
-  return out
-
-
-def _is_operational(field: str) -> bool:
-  if field in OPERATIONAL_FIELDS:
-    return True
-  parts = field.split(".")
-  return len(parts) == 2 and parts[1] in OPERATIONAL_STREAM_FIELDS
-
-
-def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any], *,
-                       include_operational: bool = False) -> List[Tuple[str, Any, Any]]:
-  """`[(field, saved_value, new_value)]` of the fields that differ (missing = '<absent>')."""
-  a, b = _flatten(_json_normal(saved)), _flatten(_json_normal(new))
-  diffs = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
-    if va != vb and (include_operational or not _is_operational(k)):
-      diffs.append((k, va, vb))
-  return diffs
-
-
-def format_differences(diffs: Sequence[Tuple[str, Any, Any]]) -> str:
-  return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
-
-
 def _process_allgather_json(obj: Any) -> List[Any]:
   """Every process's JSON-able `obj`, in process order (multi-host data-iterator states)."""
   if jax.process_count() == 1:
     return [obj]
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  raw = np.frombuffer(json.dumps(obj, default=_json_default).encode(), np.uint8)
+  raw = np.frombuffer(json.dumps(obj, default=json_default).encode(), np.uint8)
   lengths = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int64)))
   lengths = lengths.reshape(-1)
   buf = np.zeros((int(lengths.max()),), np.uint8)
@@ -196,14 +127,17 @@ class Restored:
   path: str
 
 
+def _leaf_shapes(tree: Any) -> Dict[str, Tuple[int, ...]]:
+  """`{'a/b/c': shape}` of the leaves of a tree (None is no leaf)."""
+  return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                   for k in p): tuple(np.shape(v))
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _check_shapes(item: str, restored: Any, template: Any) -> None:
   """CheckpointError naming the first leaf whose presence or shape differs (orbax restores
   the stored shapes whatever the template says)."""
-  def flat(tree):
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                     for k in p): np.shape(v)
-            for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-  got, want = flat(restored), flat(template)
+  got, want = _leaf_shapes(restored), _leaf_shapes(template)
   for key in want:
     if key not in got:
       raise CheckpointError(f"{item}/{key} is missing (the model has it, shape {want[key]})")
@@ -214,6 +148,30 @@ def _check_shapes(item: str, restored: Any, template: Any) -> None:
   if extra:
     raise CheckpointError(f"{item}/{extra[0]} is in the checkpoint but not in the model"
                           + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+
+def _stored_leaves(item_dir: str) -> Optional[set]:
+  """The leaf paths of a stored orbax item (None if its metadata is unreadable)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      tree = ckptr.metadata(item_dir).item_metadata.tree
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return set(_leaf_shapes(tree))
+
+
+def _g_template_for(item_dir: str, g_template: Any, g_upgrade: Optional[Tuple[Any, Callable]]):
+  """`(template, convert)` to restore the stored g_state with: `g_upgrade`'s older layout
+  when the stored leaves are that layout's, else `(g_template, None)`."""
+  if g_upgrade is None:
+    return g_template, None
+  stored = _stored_leaves(item_dir)
+  if stored is None or stored == set(_leaf_shapes(g_template)):
+    return g_template, None
+  old_template, convert = g_upgrade
+  return (old_template, convert) if stored == set(_leaf_shapes(old_template)) else (
+      g_template, None)
 
 
 class TrainCheckpointer:
@@ -237,7 +195,7 @@ class TrainCheckpointer:
       os.makedirs(self.directory, exist_ok=True)
     except OSError as e:
       raise CheckpointWriteError(f"cannot create the checkpoint directory {self.directory}: "
-                                 f"{_write_problem(e)}") from None
+                                 f"{write_problem(e)}") from None
     self._report_unfinished()
     self._manager = self._open()
 
@@ -275,10 +233,10 @@ class TrainCheckpointer:
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     items = {
         "g_state": ocp.args.StandardSave(to_host(g)),
-        "meta": ocp.args.JsonSave(_json_normal(dict(meta, step=int(step)))),
+        "meta": ocp.args.JsonSave(json_normal(dict(meta, step=int(step)))),
         "data_iter": ocp.args.JsonSave({
             "process_count": jax.process_count(),
-            "states": _json_normal(_process_allgather_json(dict(data_states or {}))),
+            "states": json_normal(_process_allgather_json(dict(data_states or {}))),
         }),
     }
     if d is not None:
@@ -310,7 +268,7 @@ class TrainCheckpointer:
     latest = (f"the latest complete checkpoint is step {done[0]} and nothing already saved "
               f"was changed" if done else "no complete checkpoint exists yet")
     msg = (f"could not write the checkpoint of step {step} to {self.step_dir(step or 0)}: "
-           f"{_write_problem(e)}; {latest}. Free disk space or make {self.directory} "
+           f"{write_problem(e)}; {latest}. Free disk space or make {self.directory} "
            f"writable, then run the same command again to resume.")
     self.problems.append(msg)
     return CheckpointWriteError(msg)
@@ -325,7 +283,8 @@ class TrainCheckpointer:
     return meta
 
   def _restore_step(self, step: int, g_template: Any, d_template: Any,
-                    check_meta: Optional[Callable[[Dict[str, Any]], None]]) -> Restored:
+                    check_meta: Optional[Callable[[Dict[str, Any]], None]],
+                    g_upgrade: Optional[Tuple[Any, Callable]] = None) -> Restored:
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     path = self.step_dir(step)
     try:
@@ -333,9 +292,10 @@ class TrainCheckpointer:
     except CheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"meta unreadable ({_one_line(e)})") from None
+      raise CheckpointError(f"meta unreadable ({one_line(e)})") from None
     if check_meta is not None:
       check_meta(meta)  # ConfigChangeError etc. propagate: not a corrupt checkpoint
+    g_template, convert = _g_template_for(os.path.join(path, "g_state"), g_template, g_upgrade)
     items = {"g_state": ocp.args.StandardRestore(_abstract(g_template)),
              "data_iter": ocp.args.JsonRestore()}
     if d_template is not None:
@@ -346,36 +306,43 @@ class TrainCheckpointer:
     try:
       r = self._manager.restore(int(step), args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(_one_line(e)) from None
+      raise CheckpointError(one_line(e)) from None
     _check_shapes("g_state", r["g_state"], g_template)
     if d_template is not None:
       _check_shapes("d_state", r["d_state"], d_template)
-    data = dict(r.data_iter or {})
-    states = None
+    return Restored(step=int(step), g=convert(r["g_state"]) if convert else r["g_state"],
+                    d=r["d_state"] if d_template is not None else None,
+                    meta=meta, data_states=self._data_states(path, r.data_iter), path=path)
+
+  @staticmethod
+  def _data_states(path: str, data_iter: Any) -> Optional[Dict[str, Any]]:
+    """This process's iterator states, if the checkpoint's process count is this run's."""
+    data = dict(data_iter or {})
     saved_states = data.get("states") or []
     if int(data.get("process_count", 1)) == jax.process_count() and saved_states:
-      states = saved_states[jax.process_index()]
-    elif saved_states:
+      return saved_states[jax.process_index()]
+    if saved_states:
       log.warning("checkpoint %s was written by %s processes, this run has %d: the data "
                   "iterators restart from their seeds (the data order will differ)", path,
                   data.get("process_count"), jax.process_count())
-    return Restored(step=int(step), g=r["g_state"],
-                    d=r["d_state"] if d_template is not None else None,
-                    meta=meta, data_states=states, path=path)
+    return None
 
   def restore_latest(self, g_template: Any, d_template: Any = None,
-                     check_meta: Optional[Callable[[Dict[str, Any]], None]] = None
+                     check_meta: Optional[Callable[[Dict[str, Any]], None]] = None,
+                     g_upgrade: Optional[Tuple[Any, Callable[[Any], Any]]] = None
                      ) -> Optional[Restored]:
     """The newest step that restores, or None when there is no checkpoint.
 
     A step that fails is reported (`checkpoint DIR is incomplete or corrupt (PROBLEM);
     using step M`) and, once an older step restored, moved to `checkpoints.corrupt/`. If no
     step restores, CheckpointError lists the problems and nothing is moved.
+    `g_upgrade=(old_template, convert)`: a g_state stored in the layout of `old_template`
+    (an earlier version's) is restored with it and returned as `convert(restored)`.
     """
     failed: List[Tuple[int, str]] = []
     for step in reversed(self.all_steps()):
       try:
-        restored = self._restore_step(step, g_template, d_template, check_meta)
+        restored = self._restore_step(step, g_template, d_template, check_meta, g_upgrade)
       except ConfigChangeError:
         raise
       except CheckpointError as e:

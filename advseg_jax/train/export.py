@@ -1,5 +1,5 @@
-"""Model directories of a training run: the generator / discriminator spec of a config, and
-the export of `best_model/` and `final_model/`."""
+"""Model directories of a training run: the `model.json` spec of the generator /
+discriminator a config trains, and the export of `best_model/` and `final_model/`."""
 
 from __future__ import annotations
 
@@ -9,34 +9,35 @@ from typing import Any, Dict, Mapping, Optional
 
 import jax
 
+from advseg_jax import data
 from advseg_jax import model_io
-from advseg_jax.train.checkpoint import (_OS_PROBLEMS, CheckpointWriteError, _abs, _json_normal,
-                                         _write_problem, to_host)
+from advseg_jax.config.diff import json_normal
+from advseg_jax.models.spec import ModelSpec
+from advseg_jax.train.checkpoint import (OS_PROBLEMS, CheckpointWriteError, _abs, to_host,
+                                         write_problem)
+from advseg_jax.train.state import d_input_channels
 
 log = logging.getLogger(__name__)
 
 
 def _dataset_info(stream: Any):
   try:
-    from advseg_jax import data  # pylint: disable=import-outside-toplevel
     return data.get_info(stream.name, stream.config_name)
   except Exception:  # pylint: disable=broad-except
     return None
 
 
 def generator_spec_from_config(config: Any, **extra: Any) -> Dict[str, Any]:
-  """The model_io spec of the generator `config.model` trains, with its preprocessing.
+  """The `model.json` spec of the generator `config.model` trains, with its preprocessing.
 
   Preprocessing comes from the labelled / source stream `config.data` (channel order, mean);
-  extra keys: dataset, config_name, class_names, eval settings, method.
+  further keys: dtype, dataset, config_name, class_names, eval settings, method, `extra`.
   """
   m, s = config.model, config.data
   info = _dataset_info(s)
   channel_order = s.channel_order or (info.default_channel_order if info else "RGB")
-  spec = model_io.generator_spec(
-      m.arch, int(m.num_classes), depths=m.depths, width=int(m.width),
-      stride_in_1x1=bool(m.stride_in_1x1), aspp_branches_used=int(m.aspp_branches_used),
-      bn_mode=str(m.bn_mode), channel_order=channel_order, mean_bgr=tuple(s.mean_bgr))
+  spec = ModelSpec.from_config(m, channel_order=channel_order,
+                               mean_bgr=tuple(s.mean_bgr)).to_json()
   spec["dtype"] = str(m.dtype)
   spec["dataset"] = s.name
   spec["config_name"] = s.config_name
@@ -48,18 +49,15 @@ def generator_spec_from_config(config: Any, **extra: Any) -> Dict[str, Any]:
                   "eval_resize_size": list(e.eval_resize_size)}
   spec["method"] = config.method.name
   spec.update(extra)
-  return _json_normal(spec)
+  return json_normal(spec)
 
 
 def discriminator_spec_from_config(config: Any) -> Optional[Dict[str, Any]]:
-  """model_io spec of the discriminator(s), or None (supervised / Luc et al.'s image_label)."""
-  from advseg_jax.train.state import d_input_channels  # pylint: disable=import-outside-toplevel
-  if config.method.name == "supervised":
+  """`model.json` spec of the discriminator(s), or None (supervised / Luc et al.'s
+  image_label, which has no stand-alone use)."""
+  if config.method.name == "supervised" or config.disc.arch not in ("fc", "fc2"):
     return None
-  arch = {"fc": "fc_discriminator", "fc2": "fc2_discriminator"}.get(config.disc.arch)
-  if arch is None:
-    return None
-  spec = model_io.discriminator_spec(arch, d_input_channels(config), ndf=int(config.disc.ndf))
+  spec = ModelSpec.from_config(config.disc, num_classes=d_input_channels(config)).to_json()
   spec["gan"] = config.method.gan
   return spec
 
@@ -73,9 +71,9 @@ def export_model(directory: str, variables: Mapping[str, Any], spec: Mapping[str
   try:
     return model_io.save_model(directory, variables, spec, overwrite=True)
   except (OSError, ValueError, RuntimeError) as e:
-    if isinstance(e, ValueError) and not _OS_PROBLEMS.search(str(e)):
+    if isinstance(e, ValueError) and not OS_PROBLEMS.search(str(e)):
       raise  # a bad spec / variables: not a write problem
     raise CheckpointWriteError(
-        f"could not write the model {directory}: {_write_problem(e)}; the previous "
+        f"could not write the model {directory}: {write_problem(e)}; the previous "
         f"{os.path.basename(directory)} (if any) is unchanged. Free disk space or make "
         f"{os.path.dirname(directory)} writable, then run the same command again.") from None

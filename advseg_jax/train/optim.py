@@ -1,14 +1,16 @@
-"""Optimisers of the originals as optax transformations (ORIGINALS.md §1.5, §6.1, §7.1).
+"""Optimisers of the originals as optax transformations (docs/FIDELITY.md §1.5, §6.1,
+§7.1).
 
 Generator: SGD (momentum 0.9, weight decay 5e-4) with a poly(0.9) schedule, 10x learning
 rate for the classifier head(s), BN affine frozen (no update, no decay), and the dead ASPP
-branches of the released models untouched (PyTorch skips parameters whose grad is None).
+branches of the released models untouched (PyTorch skips parameters whose grad is None):
+`grouped_sgd`, an `optax.multi_transform` over the groups 'backbone', 'head' and 'frozen'.
 
 `legacy_duplicate_updates=True` reproduces how PyTorch 0.2-0.4 applied the originals'
 `optim_parameters()`, which lists each bottleneck conv 3 times, each downsample conv 4
 times and the stem once: per iteration and per listing, in order,
     grad += wd * p;  buf = momentum * buf + grad;  p -= lr * buf
-with the gradient modified in place and one shared momentum buffer.
+with the gradient modified in place and one shared momentum buffer (`torch_sgd`).
 
 Discriminator: Adam(1e-4, b1=0.9, b2=0.99) with the same poly decay (or the ICLR
 reproduction's SGD with momentum 0.5, nesterov, weight decay 1e-4).
@@ -16,10 +18,11 @@ reproduction's SGD with momentum 0.5, nesterov, weight decay 1e-4).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -117,14 +120,81 @@ def torch_sgd(schedule: Schedule, multiplicity: Any, lr_multiplier: Any, *,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+GROUPS = ("backbone", "head", "frozen")  # the non-legacy SGD's parameter groups
+
+
+def sgd_group_labels(multiplicity: Any, lr_multiplier: Any) -> Any:
+  """Per-leaf group of the non-legacy SGD: 'frozen' (multiplicity 0), 'head' (10x LR) or
+  'backbone'."""
+  return jax.tree.map(lambda k, s: "frozen" if k == 0 else ("head" if s != 1.0 else "backbone"),
+                      multiplicity, lr_multiplier)
+
+
+def grouped_sgd(schedule: Schedule, labels: Any, *, momentum: float = 0.9,
+                weight_decay: float = 5e-4,
+                head_lr_multiplier: float = 10.0) -> optax.GradientTransformation:
+  """`torch.optim.SGD` over the originals' two parameter groups (backbone lr, head 10x lr;
+  coupled weight decay, dampening 0) as `optax.multi_transform`; 'frozen' leaves get no
+  update, no decay and no momentum."""
+
+  def sgd(scale: float) -> optax.GradientTransformation:
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.trace(decay=momentum),
+                       optax.scale_by_learning_rate(lambda count: scale * schedule(count)))
+
+  return optax.multi_transform({"backbone": sgd(1.0), "head": sgd(head_lr_multiplier),
+                                "frozen": optax.set_to_zero()}, labels)
+
+
+def grouped_sgd_state_from_torch_sgd(old: Any, template: Any) -> Any:
+  """A `grouped_sgd` state (the layout of `template`, e.g. from `jax.eval_shape`) holding the
+  step count and momentum buffers of a `TorchSGDState` (`old`, or a mapping with its fields):
+  what checkpoints of the non-legacy SGD stored before it used `grouped_sgd`."""
+  count = old["count"] if isinstance(old, Mapping) else old.count
+  momentum = traverse_util.flatten_dict(old["momentum"] if isinstance(old, Mapping)
+                                        else old.momentum)
+
+  def fill(node):
+    if isinstance(node, optax.TraceState):
+      trace = traverse_util.flatten_dict(node.trace)
+      return optax.TraceState(trace=traverse_util.unflatten_dict(
+          {k: v if isinstance(v, optax.MaskedNode) else momentum[k] for k, v in trace.items()}))
+    if isinstance(node, optax.ScaleByScheduleState):
+      return optax.ScaleByScheduleState(count=count)
+    return node
+
+  return jax.tree.map(fill, template, is_leaf=lambda x: isinstance(
+      x, (optax.TraceState, optax.ScaleByScheduleState)))
+
+
+def momentum_buffers(opt_state: Any, params: Any) -> Any:
+  """The SGD momentum buffer of every generator parameter (a tree like `params`; zeros where
+  a parameter has none: frozen) from a `torch_sgd` or `grouped_sgd` state."""
+  if isinstance(opt_state, TorchSGDState):
+    return opt_state.momentum
+  flat = {k: np.zeros(np.shape(v), v.dtype)
+          for k, v in traverse_util.flatten_dict(params).items()}
+  for node in jax.tree_util.tree_leaves(opt_state,
+                                        is_leaf=lambda x: isinstance(x, optax.TraceState)):
+    if isinstance(node, optax.TraceState):
+      flat.update({k: v for k, v in traverse_util.flatten_dict(node.trace).items()
+                   if not isinstance(v, optax.MaskedNode)})
+  return traverse_util.unflatten_dict(flat)
+
+
 def generator_optimizer(params: Any, cfg: Any, *, head_names, aspp_branches_used: int,
                         num_steps: int) -> optax.GradientTransformation:
   """G optimiser from `config.optim_g` (lr, momentum, weight_decay, power,
-  legacy_duplicate_updates)."""
-  mult, lr_mult = generator_param_roles(params, tuple(head_names), aspp_branches_used,
-                                        bool(cfg.legacy_duplicate_updates))
-  return torch_sgd(poly_schedule(cfg.lr, num_steps, cfg.power), mult, lr_mult,
-                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+  legacy_duplicate_updates): `torch_sgd` with the legacy listing's multiplicities, else
+  `grouped_sgd`."""
+  legacy = bool(cfg.legacy_duplicate_updates)
+  mult, lr_mult = generator_param_roles(params, tuple(head_names), aspp_branches_used, legacy)
+  schedule = poly_schedule(cfg.lr, num_steps, cfg.power)
+  if legacy:
+    return torch_sgd(schedule, mult, lr_mult, momentum=cfg.momentum,
+                     weight_decay=cfg.weight_decay)
+  return grouped_sgd(schedule, sgd_group_labels(mult, lr_mult), momentum=cfg.momentum,
+                     weight_decay=cfg.weight_decay)
 
 
 def discriminator_optimizer(cfg: Any, *, num_steps: int) -> optax.GradientTransformation:

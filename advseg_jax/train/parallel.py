@@ -5,7 +5,7 @@ Modes:
               device axis, batches are [local_devices, per_device_batch, ...].
   'shard_map' `jax.jit(jax.shard_map(body, check_vma=False))` over a 1-D 'batch' mesh of all
               devices; states are replicated global arrays, batches are global arrays sharded
-              on their first axis. Same body, same numbers (STACK.md §2.3, gotcha 1).
+              on their first axis. Same body, same numbers as 'pmap'.
   'jit'       a single device, no collectives (axis_name None).
 
 Multi-host: call `initialize_distributed()` first; each process then feeds its own devices

@@ -92,6 +92,44 @@ def _all_finite(tree) -> jax.Array:
   return jnp.isfinite(jnp.sum(jnp.stack(sums))) if sums else jnp.array(True)
 
 
+def _accumulate_gradients(method: Any, ctx: methods.Context, states: TrainStates, batch: Batch,
+                          iter_size: int, grad_norms: bool, pmean: Callable):
+  """`(g_grads, d_grads, batch_stats, metrics)` of one step, each the mean over the
+  `iter_size` chunks of the batch (G's batch statistics run through the chunks in order)."""
+  g_params, batch_stats = states.g.params, states.g.batch_stats
+  d_params = states.d.params if states.d is not None else None
+  g_grads = jax.tree.map(jnp.zeros_like, g_params)
+  d_grads = jax.tree.map(jnp.zeros_like, d_params) if d_params is not None else None
+  metrics: Metrics = {}
+  for i in range(iter_size):
+    sub = _split(batch, iter_size, i)
+
+    def g_terms(p, bs=batch_stats, sub=sub):
+      loss, (bs_new, m, d_in) = method.generator_loss(ctx, p, bs, d_params, sub, states.step)
+      seg = m.get("g/loss_seg", jnp.zeros([]))
+      return jnp.stack([loss, seg]), (bs_new, m, d_in)
+
+    terms, pullback, (batch_stats, m_g, d_inputs) = jax.vjp(g_terms, g_params, has_aux=True)
+    (grads_total,) = pullback(jnp.array([1.0, 0.0], terms.dtype))
+    if grad_norms:
+      (grads_seg,) = pullback(jnp.array([0.0, 1.0], terms.dtype))
+      grads_adv = jax.tree.map(jnp.subtract, grads_total, grads_seg)
+      m_g["g/grad_norm_seg"] = optax.global_norm(pmean(grads_seg))
+      m_g["g/grad_norm_adv"] = optax.global_norm(pmean(grads_adv))
+    g_grads = jax.tree.map(lambda a, g: a + g / iter_size, g_grads, grads_total)
+    m_all = dict(m_g)
+    if method.uses_discriminator:
+      d_inputs = lax.stop_gradient(d_inputs)
+      (_, m_d), grads_d = jax.value_and_grad(
+          lambda p, d_in=d_inputs, sub=sub: method.discriminator_loss(ctx, p, d_in, sub),
+          has_aux=True)(d_params)
+      d_grads = jax.tree.map(lambda a, g: a + g / iter_size, d_grads, grads_d)
+      m_all.update(m_d)
+    for k, v in m_all.items():
+      metrics[k] = metrics.get(k, 0.0) + v / iter_size
+  return g_grads, d_grads, batch_stats, metrics
+
+
 def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = None):
   """Returns `step(states, batch, rng) -> (states, metrics)` for `config.method.name`.
 
@@ -100,7 +138,7 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
   originals' `loss / iter_size` accumulation). All metrics are scalars, averaged over devices.
   """
   method = methods.get_method(config.method.name)
-  ctx = make_context(config, g_model, d_model, axis_name)
+  base_ctx = make_context(config, g_model, d_model, axis_name)
   iter_size = int(config.iter_size)
   grad_norms = bool(config.diagnostics.grad_norms)
   skip_nonfinite = bool(config.diagnostics.skip_nonfinite)
@@ -108,7 +146,6 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
   num_steps = int(config.num_steps)
   noise_std = float(config.method.get("d_instance_noise", 0.0))
   d_every = int(config.method.get("d_update_every", 1))
-  base_ctx = ctx
 
   def pmean(x):
     return lax.pmean(x, axis_name) if axis_name is not None else x
@@ -122,37 +159,8 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
         rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
       noise_now = noise_std * jnp.maximum(0.0, 1.0 - states.step / num_steps)
       ctx = dataclasses.replace(ctx, d_apply=with_instance_noise(ctx.d_apply, rng, noise_now))
-    g_params, batch_stats = states.g.params, states.g.batch_stats
-    d_params = states.d.params if states.d is not None else None
-    g_grads = jax.tree.map(jnp.zeros_like, g_params)
-    d_grads = jax.tree.map(jnp.zeros_like, d_params) if d_params is not None else None
-    metrics: Metrics = {}
-    for i in range(iter_size):
-      sub = _split(batch, iter_size, i)
-
-      def g_terms(p, bs=batch_stats, sub=sub):
-        loss, (bs_new, m, d_in) = method.generator_loss(ctx, p, bs, d_params, sub, states.step)
-        seg = m.get("g/loss_seg", jnp.zeros([]))
-        return jnp.stack([loss, seg]), (bs_new, m, d_in)
-
-      terms, pullback, (batch_stats, m_g, d_inputs) = jax.vjp(g_terms, g_params, has_aux=True)
-      (grads_total,) = pullback(jnp.array([1.0, 0.0], terms.dtype))
-      if grad_norms:
-        (grads_seg,) = pullback(jnp.array([0.0, 1.0], terms.dtype))
-        grads_adv = jax.tree.map(jnp.subtract, grads_total, grads_seg)
-        m_g["g/grad_norm_seg"] = optax.global_norm(pmean(grads_seg))
-        m_g["g/grad_norm_adv"] = optax.global_norm(pmean(grads_adv))
-      g_grads = jax.tree.map(lambda a, g: a + g / iter_size, g_grads, grads_total)
-      m_all = dict(m_g)
-      if method.uses_discriminator:
-        d_inputs = lax.stop_gradient(d_inputs)
-        (_, m_d), grads_d = jax.value_and_grad(
-            lambda p, d_in=d_inputs, sub=sub: method.discriminator_loss(ctx, p, d_in, sub),
-            has_aux=True)(d_params)
-        d_grads = jax.tree.map(lambda a, g: a + g / iter_size, d_grads, grads_d)
-        m_all.update(m_d)
-      for k, v in m_all.items():
-        metrics[k] = metrics.get(k, 0.0) + v / iter_size
+    g_grads, d_grads, batch_stats, metrics = _accumulate_gradients(
+        method, ctx, states, batch, iter_size, grad_norms, pmean)
 
     g_grads = pmean(g_grads)
     if not sync_bn:

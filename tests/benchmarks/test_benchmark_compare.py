@@ -1,4 +1,4 @@
-"""benchmarks/compare.py: merging repeated rounds into one table row, and the argument lists
+"""benchmarks/speed/compare.py: merging repeated rounds into one table row, and the argument lists
 it passes to each side (pure functions)."""
 
 import importlib.util
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "compare.py")
+_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "speed", "compare.py")
 
 
 @pytest.fixture(scope="module")

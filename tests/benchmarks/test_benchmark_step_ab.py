@@ -1,4 +1,4 @@
-"""benchmarks/step_ab.py: variant parsing, config overrides and a tiny end-to-end A/B."""
+"""benchmarks/speed/step_ab.py: variant parsing, config overrides and a tiny end-to-end A/B."""
 
 import importlib.util
 import json
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-_BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
+_BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "speed")
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import sys
 import pytest
 
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-_BENCH = os.path.join(_ROOT, "benchmarks")
-_SCRIPT = os.path.join(_BENCH, "gpu_session.sh")
+_BENCH = os.path.join(_ROOT, "benchmarks", "speed")
+_SCRIPT = os.path.join(_ROOT, "benchmarks", "gpu_session.sh")
 _OUT = "/device/out"      # stands for the device tool's $OUT
 _CALL_LIMIT_S = 570       # the device tool allows 600 s per call; the script promises 9.5 min
 
@@ -62,7 +62,7 @@ def test_each_part_fits_one_device_call_and_writes_to_out(part):
 def test_targets_measure_what_the_issue_asks():
   steps = {name: argv for name, _, argv in plan("targets")}
   advsemi = steps["advsemi"]
-  assert advsemi[1] == "benchmarks/compare.py"
+  assert advsemi[1] == "benchmarks/speed/compare.py"
   assert "--preset" in advsemi and advsemi[advsemi.index("--preset") + 1] == "original"
   assert advsemi[advsemi.index("--dtypes") + 1] == "float32,bfloat16"
   mem = steps["adaptseg_24gb"]
@@ -117,5 +117,5 @@ def test_plan_mode_runs_nothing(tmp_path):
   proc = subprocess.run(["bash", _SCRIPT, "targets"], capture_output=True, text=True, env=env,
                         cwd=_ROOT, timeout=60, check=False)
   assert proc.returncode == 0, proc.stderr
-  assert "/nonexistent/python benchmarks/compare.py" in proc.stdout
+  assert "/nonexistent/python benchmarks/speed/compare.py" in proc.stdout
   assert not out.exists()

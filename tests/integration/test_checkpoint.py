@@ -1,18 +1,21 @@
-"""advseg_jax.train.checkpoint on small trees: save / restore, fallback from a corrupt or unfinished
-latest step, config comparison, exported models and `load_for_inference`."""
+"""advseg_jax.train.checkpoint on small trees: save / restore, fallback from a corrupt or
+unfinished latest step; config comparison (advseg_jax.config.diff); exported models
+(advseg_jax.train.export) and `load_for_inference`."""
 
 import glob
 import os
 
-from tests import loop_helpers  # noqa: F401  (JAX test settings)
 import numpy as np
 import pytest
 
-from advseg_jax.train import checkpoint as ck
-from advseg_jax.inference import loading
-from advseg_jax.train import export
 from advseg_jax import model_io
 from advseg_jax.config import defaults as config_defaults
+from advseg_jax.config import diff
+from advseg_jax.inference import loading
+from advseg_jax.train import checkpoint as ck
+from advseg_jax.train import export
+
+from tests import loop_helpers  # noqa: F401  (JAX test settings)
 
 
 def _tree(v):
@@ -118,8 +121,8 @@ def test_check_meta_refusal_propagates(tmp_path):
   _save_steps(wd, [1, 2])
 
   def check(meta):
-    diffs = ck.config_differences(meta["config"], {"a": 2, "b": {"c": [1, 2]}, "log_every": 5})
-    raise ck.ConfigChangeError(ck.format_differences(diffs))
+    diffs = diff.config_differences(meta["config"], {"a": 2, "b": {"c": [1, 2]}, "log_every": 5})
+    raise ck.ConfigChangeError(diff.format_differences(diffs))
 
   c = ck.TrainCheckpointer(wd)
   with pytest.raises(ck.ConfigChangeError, match=r"^a: 1 -> 2$"):
@@ -139,17 +142,17 @@ def test_config_differences():
   b.model.pointwise_impl = "conv"      # float rounding only: ignored
   b.model.conv_dx_impl = "xla"         # float rounding only: ignored
   b.model.aspp_impl = "conv"           # float rounding only: ignored
-  diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b))
+  diffs = diff.config_differences(diff.config_to_dict(a), diff.config_to_dict(b))
   assert [d[0] for d in diffs] == ["data.crop_size", "method.lambda_adv"]
   # A workdir written before the field existed resumes too.
-  old = ck.config_to_dict(a)
+  old = diff.config_to_dict(a)
   del old["model"]["pointwise_impl"]
   del old["model"]["conv_dx_impl"]
   del old["model"]["aspp_impl"]
-  assert ck.config_differences(old, ck.config_to_dict(a)) == []
-  assert ck.format_differences(diffs) == ("data.crop_size: [321, 321] -> [41, 41]; "
+  assert diff.config_differences(old, diff.config_to_dict(a)) == []
+  assert diff.format_differences(diffs) == ("data.crop_size: [321, 321] -> [41, 41]; "
                                           "method.lambda_adv: 0.01 -> 0.5")
-  all_diffs = ck.config_differences(ck.config_to_dict(a), ck.config_to_dict(b),
+  all_diffs = diff.config_differences(diff.config_to_dict(a), diff.config_to_dict(b),
                                     include_operational=True)
   assert len(all_diffs) == 8
 
@@ -188,7 +191,7 @@ def test_export_and_load_for_inference(tmp_path):
        "opt_state": {"mu": np.zeros(3, np.float32)}, "step": np.asarray(3, np.int32)}
   d = {"params": {"main": {"conv1": {"kernel": np.ones((4, 4, 5, 8), np.float32),
                                      "bias": np.zeros(8, np.float32)}}}}
-  c.save(3, g, d, {"config": ck.config_to_dict(config)}, {})
+  c.save(3, g, d, {"config": diff.config_to_dict(config)}, {})
   c.close()
   v, s = loading.load_for_inference(wd)
   assert s["arch"] == "deeplabv2" and s["step"] == 3 and s["num_classes"] == 5
@@ -216,3 +219,49 @@ def test_export_and_load_for_inference(tmp_path):
     loading.load_for_inference(str(empty))
   with pytest.raises(ck.CheckpointError, match="no such directory"):
     loading.load_for_inference(str(tmp_path / "missing"))
+
+
+def test_generator_sgd_state_of_an_earlier_version_restores(tmp_path):
+  """Checkpoints whose non-legacy G optimiser state is a `TorchSGDState` (count, momentum of
+  every parameter; written before `grouped_sgd`) restore into the grouped layout with the
+  same step count and momentum buffers."""
+  import jax
+  import optax
+  from advseg_jax.models import build_generator
+  from advseg_jax.train import init as init_lib
+  from advseg_jax.train import optim
+  from advseg_jax.train import state as state_lib
+  config = _tiny_config()
+  config.method.name = "supervised"
+  g_model, rng = build_generator(config.model), jax.random.key(0)
+  old_config = _tiny_config()
+  old_config.method.name = "supervised"
+  old_config.optim_g.legacy_duplicate_updates = True     # still a TorchSGDState
+  old = jax.tree.map(np.asarray, state_lib.create_train_states(old_config, g_model, None, rng))
+  momentum = jax.tree.map(lambda p: np.random.default_rng(1).normal(size=p.shape).astype(
+      p.dtype), old.g.params)
+  old_g = old.g.replace(opt_state=optim.TorchSGDState(count=np.asarray(7, np.int32),
+                                                      momentum=momentum))
+  c = ck.TrainCheckpointer(str(tmp_path))
+  c.save(7, old_g, None, {"config": diff.config_to_dict(config), "method": "supervised"}, {})
+  c.close()
+
+  c = ck.TrainCheckpointer(str(tmp_path))
+  start = init_lib.restore_or_init(config, c, g_model, None, rng, allow_config_change=False)
+  c.close()
+  assert start.step == 7
+  new_state = start.host_states.g.opt_state
+  traces = [s for s in jax.tree_util.tree_leaves(
+      new_state, is_leaf=lambda x: isinstance(x, (optax.TraceState, optax.ScaleByScheduleState)))
+            if isinstance(s, (optax.TraceState, optax.ScaleByScheduleState))]
+  counts = [int(s.count) for s in traces if isinstance(s, optax.ScaleByScheduleState)]
+  assert counts == [7, 7]                                   # backbone and head groups
+  restored = {}
+  for t in traces:
+    if isinstance(t, optax.TraceState):
+      for path, v in jax.tree_util.tree_leaves_with_path(t.trace):
+        restored[jax.tree_util.keystr(path)] = v
+  want = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(momentum)}
+  assert restored and set(restored) < set(want)           # BN affine / dead branches: none
+  for k, v in restored.items():
+    np.testing.assert_array_equal(np.asarray(v), want[k], err_msg=k)

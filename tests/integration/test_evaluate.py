@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.torch_ref import models as tr
-from advseg_jax.inference import evaluate
+from advseg_jax.cli import evaluate
 from advseg_jax.data import prepare
+
+from tests.torch_ref import models as tr
 
 TINY = (1, 1, 1, 1)
 WIDTH = 8
@@ -257,8 +258,12 @@ def test_dataset_not_prepared(voc_model, tmp_path, capsys):
 def test_help_explains_every_flag(capsys):
   assert evaluate.main(["--help"]) == 0
   text = capsys.readouterr().out
-  parser = evaluate.build_parser()
-  for action in parser._actions:  # pylint: disable=protected-access
-    for opt in action.option_strings:
-      assert opt in text
-    assert action.help, action.dest
+  fv = evaluate.define_flags()
+  for name in fv:
+    flag = fv[name]
+    assert f"--{flag.name}" in text and flag.help, name
+    if flag.short_name:
+      assert f"-{flag.short_name}, --{flag.name}" in text
+  assert "CHECKPOINT" in text
+  assert evaluate.main(["--batch_size", "0"]) == 2
+  assert "--batch_size" in _one_error_line(capsys)

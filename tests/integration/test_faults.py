@@ -19,14 +19,16 @@ import signal
 import subprocess
 import sys
 
-from tests import loop_helpers
 import pytest
 
-from advseg_jax.train import checkpoint as ck
-from advseg_jax.inference import loading
-from advseg_jax.data import pipeline
 from advseg_jax.cli import train as cli
-from advseg_jax.train import loop
+from advseg_jax.data import pipeline
+from advseg_jax.inference import loading
+from advseg_jax.train import checkpoint as ck
+
+from tests import loop_helpers
+
+pytestmark = pytest.mark.slow  # end-to-end: CI runs it, the fast tier does not
 
 STEPS = 4
 # G's SGD at this rate overflows the weights within two updates: step 2's own losses are
@@ -84,25 +86,12 @@ def _assert_same_final(a: str, b: str) -> None:
                                      loop_helpers.final_model_variables(b))
 
 
-def _train_subprocess(argv, timeout=900, max_file_bytes=None, **env):
-  """`python -m advseg_jax train ARGV`; `max_file_bytes` caps the size of every file it writes
-  (RLIMIT_FSIZE, set inside the child before the library is imported)."""
-  code = "import runpy, sys; sys.argv[0] = 'advseg_jax'; "
-  if max_file_bytes:
-    code += (f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, "
-             f"({int(max_file_bytes)}, {int(max_file_bytes)})); ")
-  code += "runpy.run_module('advseg_jax', run_name='__main__', alter_sys=True)"
-  return subprocess.run([sys.executable, "-c", code, "train", *argv],
-                        cwd=loop_helpers.REPO, capture_output=True, text=True, timeout=timeout,
-                        env=loop_helpers.subprocess_env(**env))
-
-
 # ----------------------------------------------------------------------------- faults
 def test_sigkill_during_async_checkpoint_write_then_resume(reference, data_dir, tmp_path,
                                                            capsys):
   wd = str(tmp_path / "killed")
   argv = loop_helpers.demo_argv(wd, data_dir, steps=STEPS)
-  proc = _train_subprocess(argv, **{loop.KILL_DURING_SAVE_ENV: "4"})
+  proc = loop_helpers.run_command(["train", *argv], kill_during_save_at_step=4)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   names = sorted(os.listdir(os.path.join(wd, "checkpoints")))
   assert names[0] == "2" and len(names) == 2 and names[1].startswith("4" + ck.TMP_MARKER), names
@@ -223,7 +212,7 @@ def test_full_disk_stops_with_message_and_keeps_what_was_written(reference, data
     # ignores SIGXFSZ), above the logs' sizes and below the checkpoint files'
     limit, reason = 2 * largest_log, "File too large"
   try:
-    proc = _train_subprocess(argv, max_file_bytes=limit)
+    proc = loop_helpers.run_command(["train", *argv], max_file_bytes=limit)
   finally:
     os.chmod(ckpt_dir, 0o755)
   assert proc.returncode == 1, proc.stderr[-3000:]

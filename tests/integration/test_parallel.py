@@ -40,6 +40,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end: CI runs it, the fast tier does not
+
 TOL = 1e-10
 GLOBAL_BATCH = 8
 HW = (33, 41)
@@ -165,6 +167,7 @@ def run_worker(mode: str, bn: str, seed: int, out_path: str) -> None:
   import optax  # pylint: disable=import-outside-toplevel
   from advseg_jax.models import build_discriminator, build_generator  # pylint: disable=import-outside-toplevel
   from advseg_jax.train import parallel as parallel_lib  # pylint: disable=import-outside-toplevel
+  from advseg_jax.train import optim  # pylint: disable=import-outside-toplevel
   from advseg_jax.train.steps import make_train_step  # pylint: disable=import-outside-toplevel
 
   t0 = time.time()
@@ -194,7 +197,8 @@ def run_worker(mode: str, bn: str, seed: int, out_path: str) -> None:
     host = par.unreplicate(states)
     out.update(_flatten(f"step{i}/g_params", host.g.params))
     out.update(_flatten(f"step{i}/g_batch_stats", host.g.batch_stats))
-    out.update(_flatten(f"step{i}/g_momentum", host.g.opt_state.momentum))
+    out.update(_flatten(f"step{i}/g_momentum",
+                        optim.momentum_buffers(host.g.opt_state, host.g.params)))
     out.update(_flatten(f"step{i}/d_params", host.d.params))
     adam = [s for s in jax.tree_util.tree_leaves(
         host.d.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
@@ -253,8 +257,8 @@ def _env(devices: int) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Starts all workers at once (they are mostly single-threaded compiles) and waits."""
-  seed = (int(os.environ["ADVSEG_TEST_SEED"]) if os.environ.get("ADVSEG_TEST_SEED")
-          else int(np.random.SeedSequence().entropy % (2**31 - 1)))
+  from tests import seeds  # pylint: disable=import-outside-toplevel (workers run this file)
+  seed = seeds.draw(bits=31)
   outdir = str(tmp_path_factory.mktemp("parallel"))
   me = os.path.abspath(__file__)
   py = sys.executable

@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advseg_jax import data, model_io, visualize
-from advseg_jax.inference import predict
+from advseg_jax import data, model_io, models, visualize
+from advseg_jax.cli import predict
 from advseg_jax.data import transforms as T
 from advseg_jax.models.deeplab import upsample_logits
+from advseg_jax.models.spec import ModelSpec
 
 SIZES = [(40, 52), (33, 33), (70, 21), (40, 52)]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  spec = model_io.generator_spec("deeplabv2", 21, depths="tiny", width=8, channel_order="RGB")
-  model = model_io.build_from_spec(spec)
+  spec = ModelSpec("deeplabv2", 21, depths="tiny", width=8, channel_order="RGB").to_json()
+  model = models.build(spec)
   variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 33, 33, 3)))
   # Larger classifier weights so that predictions vary over the image.
   variables = jax.tree_util.tree_map_with_path(
@@ -47,6 +48,7 @@ def images(tmp_path_factory):
   return root, paths
 
 
+@pytest.mark.slow
 def test_predict_folder(model_dir, images, tmp_path, capsys):
   path, variables, spec = model_dir
   root, paths = images
@@ -71,7 +73,7 @@ def test_predict_folder(model_dir, images, tmp_path, capsys):
   img = np.asarray(Image.open(paths[1]).convert("RGB"))
   x = T.subtract_mean(img, spec["mean_bgr"], "RGB")
   x = np.pad(x, ((0, 64 - 33), (0, 64 - 33), (0, 0)))  # pad to the multiple of 32
-  logits = model_io.build_from_spec(spec).apply(variables, jnp.asarray(x[None]))
+  logits = models.build(spec).apply(variables, jnp.asarray(x[None]))
   want = np.asarray(upsample_logits(logits, (64, 64)))[0, :33, :33].argmax(-1)
   got = np.array(Image.open(out / "img1.png"))
   assert np.mean(got == want) > 0.999
@@ -116,10 +118,13 @@ def test_bad_inputs(model_dir, images, tmp_path, capsys):
 def test_help_explains_every_flag(capsys):
   assert predict.main(["--help"]) == 0
   text = capsys.readouterr().out
-  for action in predict.build_parser()._actions:  # pylint: disable=protected-access
-    for opt in action.option_strings:
-      assert opt in text
-    assert action.help, action.dest
+  fv = predict.define_flags()
+  for name in fv:
+    flag = fv[name]
+    assert f"--{flag.name}" in text and flag.help, name
+    if flag.short_name:
+      assert f"-{flag.short_name}, --{flag.name}" in text
+  assert "INPUT" in text
 
 
 def test_visualize_helpers():

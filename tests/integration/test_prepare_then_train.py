@@ -9,10 +9,16 @@ import math
 import os
 import shutil
 
+import pytest
+
+
+from advseg_jax.cli import prepare as prepare_cli
+from advseg_jax.cli import train as cli
+from advseg_jax.data import prepare
+
 from tests import loop_helpers
 
-from advseg_jax.data import prepare
-from advseg_jax.cli import train as cli
+pytestmark = pytest.mark.slow  # end-to-end: CI runs it, the fast tier does not
 
 BUILDERS = os.path.join(os.path.dirname(prepare.__file__), "builders")
 STEPS = 2
@@ -21,7 +27,7 @@ STEPS = 2
 def _prepare(name: str, tmp_path, data_dir: str) -> None:
   manual = tmp_path / f"manual_{name}"
   shutil.copytree(os.path.join(BUILDERS, name, "dummy_data"), manual)
-  assert prepare.main([name, "--manual_dir", str(manual), "--data_dir", data_dir,
+  assert prepare_cli.main([name, "--manual_dir", str(manual), "--data_dir", data_dir,
                        "--no_progress"]) == 0
 
 

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advseg_jax import model_io, report
+from advseg_jax import model_io, models, report
+from advseg_jax.cli import report as report_cli
+from advseg_jax.models.spec import ModelSpec
+
+pytestmark = pytest.mark.slow  # end-to-end: CI runs it, the fast tier does not
 
 
 def _metrics_rows(n=120):
@@ -34,9 +38,9 @@ def workdir(tmp_path_factory):
     for r in _metrics_rows():
       f.write(json.dumps(r) + "\n")
     f.write('{"step": 121, "g/loss_se')  # a line cut short by a crash
-  spec = model_io.generator_spec("deeplabv2", 5, depths="tiny", width=8, channel_order="RGB")
+  spec = ModelSpec("deeplabv2", 5, depths="tiny", width=8, channel_order="RGB").to_json()
   spec["dataset"] = "shapes/source"
-  model = model_io.build_from_spec(spec)
+  model = models.build(spec)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 33, 33, 3)))
   model_io.save_model(str(wd / "best_model"), variables, spec)
   return wd
@@ -57,7 +61,8 @@ def demo_run(tmp_path_factory):
 def test_report_of_a_real_demo_run(demo_run, tmp_path, capsys):
   wd, data_dir = demo_run
   out = tmp_path / "rep"
-  rc = report.main([wd, "--output_dir", str(out), "--num_examples", "2", "--data_dir", data_dir])
+  rc = report_cli.main([wd, "--output_dir", str(out), "--num_examples", "2", "--data_dir",
+                        data_dir])
   assert rc == 0, capsys.readouterr().err
   png, md = out / "report.png", out / "report.md"
   im = Image.open(png)
@@ -74,7 +79,7 @@ def test_report_of_a_real_demo_run(demo_run, tmp_path, capsys):
 
 
 def test_report_curves_only_into_workdir(workdir, capsys):
-  assert report.main([str(workdir), "--num_examples", "0"]) == 0
+  assert report_cli.main([str(workdir), "--num_examples", "0"]) == 0
   assert (workdir / "report.png").is_file()
   text = (workdir / "report.md").read_text()
   assert "No examples" in text
@@ -87,7 +92,7 @@ def test_report_curves_only_into_workdir(workdir, capsys):
 def test_report_softmax_confidence_without_d(workdir, tmp_path):
   """A workdir holding only a model directory: max-softmax confidence, labelled as such."""
   data_dir = str(tmp_path / "tfds")
-  assert report.main([str(workdir), "--num_examples", "1", "--data_dir", data_dir,
+  assert report_cli.main([str(workdir), "--num_examples", "1", "--data_dir", data_dir,
                       "--output_dir", str(tmp_path / "r")]) == 0
   assert "max softmax probability (no D loaded)" in (tmp_path / "r" / "report.md").read_text()
 
@@ -109,17 +114,20 @@ def _error(capsys):
 
 
 def test_bad_workdirs(tmp_path, capsys):
-  assert report.main([str(tmp_path / "missing")]) == 2
+  assert report_cli.main([str(tmp_path / "missing")]) == 2
   assert "no such directory" in _error(capsys)
   (tmp_path / "empty").mkdir()
-  assert report.main([str(tmp_path / "empty")]) == 2
+  assert report_cli.main([str(tmp_path / "empty")]) == 2
   assert "training workdir" in _error(capsys)
 
 
 def test_help_explains_every_flag(capsys):
-  assert report.main(["--help"]) == 0
+  assert report_cli.main(["--help"]) == 0
   text = capsys.readouterr().out
-  for action in report.build_parser()._actions:  # pylint: disable=protected-access
-    for opt in action.option_strings:
-      assert opt in text
-    assert action.help, action.dest
+  fv = report_cli.define_flags()
+  for name in fv:
+    flag = fv[name]
+    assert f"--{flag.name}" in text and flag.help, name
+    if flag.short_name:
+      assert f"-{flag.short_name}, --{flag.name}" in text
+  assert "WORKDIR" in text

@@ -6,6 +6,7 @@ ResNet-101 round trip checks the real key set.
 """
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -17,12 +18,17 @@ import torch
 
 import jax
 
-from tests.torch_ref import models as tr
+from flax import traverse_util
+
 from advseg_jax import model_io
-from advseg_jax.torch_port import names as torch_names
-from advseg_jax.torch_port.convert import (ConversionError, build_parser, convert_state_dict,
-                                load_torch_checkpoint, main, to_numpy_state_dict,
-                                to_torch_state_dict)
+from advseg_jax.models import ModelSpec, build
+from advseg_jax.normalization import CAFFE_MEAN_BGR
+from advseg_jax.cli.convert import define_flags, main
+from advseg_jax.torch_port.convert import (ConversionError, convert_state_dict,
+                                           load_torch_checkpoint, to_numpy_state_dict,
+                                           to_torch_state_dict)
+
+from tests.torch_ref import models as tr
 
 TOL = 1e-5
 SMALL = dict(layers=(1, 1, 1, 1), width=16)
@@ -35,7 +41,7 @@ def _sd(model):
 
 
 def _flat(variables):
-  return {p: np.asarray(v) for p, v in torch_names.flatten(variables).items()}
+  return {p: np.asarray(v) for p, v in traverse_util.flatten_dict(dict(variables)).items()}
 
 
 def _assert_same_variables(a, b):
@@ -91,7 +97,7 @@ def test_full_depth_round_trip_exact():
   """Res_Deeplab(21) ResNet-101: torch -> Flax -> torch -> Flax, bitwise, in key order."""
   model = tr.randomize_(tr.Res_Deeplab(21))
   ref = tr.state_dict_without_counters(model)
-  variables, report = convert_state_dict(_sd(model), "deeplabv2", 21)
+  variables, report = convert_state_dict(_sd(model), ModelSpec("deeplabv2", 21))
   assert len(report.loaded) == 528 and not report.fresh
   back = to_torch_state_dict(variables, "deeplabv2")
   assert list(back) == list(ref)  # same keys, same order as model.state_dict()
@@ -102,7 +108,7 @@ def test_full_depth_round_trip_exact():
   with_counters = to_torch_state_dict(variables, "deeplabv2", include_num_batches_tracked=True)
   assert list(with_counters) == list(model.state_dict())  # 632 keys
   other.load_state_dict(with_counters, strict=True)
-  again, _ = convert_state_dict({k: v.numpy() for k, v in back.items()}, "deeplabv2", 21)
+  again, _ = convert_state_dict({k: v.numpy() for k, v in back.items()}, ModelSpec("deeplabv2", 21))
   _assert_same_variables(again, variables)
 
 
@@ -116,7 +122,7 @@ def test_round_trip_other_archs(arch):
     model, kw = tr.Dis(19, ndf=16), dict(ndf=16)
   tr.randomize_(model)
   ref = tr.state_dict_without_counters(model)
-  variables, _ = convert_state_dict(_sd(model), arch, 19, **kw)
+  variables, _ = convert_state_dict(_sd(model), ModelSpec(arch, 19, **kw))
   back = to_torch_state_dict(variables, arch)
   assert list(back) == list(ref)
   assert all(torch.equal(back[k], ref[k]) for k in ref)
@@ -128,7 +134,7 @@ def test_round_trip_other_archs(arch):
 
 
 def test_to_torch_rejects_wrong_arch(small_res):
-  variables, _ = convert_state_dict(_sd(small_res[0]), "deeplabv2", 21, **SMALL_KW)
+  variables, _ = convert_state_dict(_sd(small_res[0]), ModelSpec("deeplabv2", 21, **SMALL_KW))
   with pytest.raises(ConversionError, match="not a deeplabv2_multi"):
     to_numpy_state_dict(variables, "deeplabv2_multi")
   with pytest.raises(ConversionError, match="arch must be one of"):
@@ -141,7 +147,8 @@ def test_rule_advsemi(small_res):
   model = small_res[0]
   sd = _sd(model)
   sd["extra.weight"] = np.zeros((3, 3), np.float32)
-  variables, report = convert_state_dict(sd, "deeplabv2", 19, rule="advsemi", seed=7, **SMALL_KW)
+  variables, report = convert_state_dict(sd, ModelSpec("deeplabv2", 19, **SMALL_KW), rule="advsemi",
+                                         seed=7)
   cls = [k for k in sd if k.startswith("layer5.")]
   assert len(cls) == 8
   assert sorted(k for k, _ in report.fresh) == sorted(cls)
@@ -155,9 +162,9 @@ def test_rule_advsemi(small_res):
   assert w.shape == (19, 512, 3, 3) and abs(w.std() - 0.01) < 1e-3
   bound = 1 / np.sqrt(512 * 9)
   assert np.abs(flat["layer5.conv2d_list.3.bias"]).max() <= bound
-  again, _ = convert_state_dict(sd, "deeplabv2", 19, rule="advsemi", seed=7, **SMALL_KW)
+  again, _ = convert_state_dict(sd, ModelSpec("deeplabv2", 19, **SMALL_KW), rule="advsemi", seed=7)
   _assert_same_variables(again, variables)  # fresh init is a function of the seed
-  other, _ = convert_state_dict(sd, "deeplabv2", 19, rule="advsemi", seed=8, **SMALL_KW)
+  other, _ = convert_state_dict(sd, ModelSpec("deeplabv2", 19, **SMALL_KW), rule="advsemi", seed=8)
   assert not np.array_equal(to_numpy_state_dict(other, "deeplabv2")[cls[0]], w)
   summary = report.summary()
   assert "freshly initialised 8" in summary and "layer5.conv2d_list.0.weight" in summary
@@ -167,7 +174,8 @@ def test_rule_adaptseg(small_res):
   """`Scale.`-prefixed COCO-style init (21-class layer5 on layer4) -> DeeplabMulti(19)."""
   model = small_res[0]
   sd = {"Scale." + k: v for k, v in _sd(model).items()}
-  variables, report = convert_state_dict(sd, "deeplabv2_multi", 19, rule="adaptseg", **SMALL_KW)
+  variables, report = convert_state_dict(sd, ModelSpec("deeplabv2_multi", 19, **SMALL_KW),
+                                         rule="adaptseg")
   assert report.stripped_prefixes == {"Scale.": len(sd)}
   assert sorted(k for k, _ in report.skipped) == sorted(
       k[len("Scale."):] for k in sd if k.startswith("Scale.layer5."))
@@ -182,10 +190,10 @@ def test_rule_adaptseg(small_res):
   with pytest.raises(ConversionError, match=r"shape mismatch for key 'layer5\.conv2d_list\.0\."
                                             r"weight': expected \[21, 256, 3, 3\], found "
                                             r"\[21, 512, 3, 3\]"):
-    convert_state_dict(sd, "deeplabv2_multi", 21, rule="adaptseg", **SMALL_KW)
+    convert_state_dict(sd, ModelSpec("deeplabv2_multi", 21, **SMALL_KW), rule="adaptseg")
   sd["Scale.layer9.weight"] = np.zeros(2, np.float32)
   with pytest.raises(ConversionError, match="unexpected key 'layer9.weight'"):
-    convert_state_dict(sd, "deeplabv2_multi", 19, rule="adaptseg", **SMALL_KW)
+    convert_state_dict(sd, ModelSpec("deeplabv2_multi", 19, **SMALL_KW), rule="adaptseg")
 
 
 def test_rule_torchvision():
@@ -194,7 +202,11 @@ def test_rule_torchvision():
   model = tr.randomize_(tr.Res_Deeplab(21, stride_in_1x1=False, **SMALL), seed=int(seed % 2**31))
   tv = {k: v.numpy() for k, v in tr.torchvision_state_dict(model).items()}
   assert "fc.weight" in tv and "layer1.0.bn1.num_batches_tracked" in tv
-  variables, report = convert_state_dict(tv, "deeplabv2", 21, rule="torchvision", **SMALL_KW)
+  tv_spec = ModelSpec("deeplabv2", 21, stride_in_1x1=False, **SMALL_KW)  # the torchvision layout
+  variables, report = convert_state_dict(tv, tv_spec, rule="torchvision")
+  assert not report.notes
+  _, msra_report = convert_state_dict(tv, tv_spec.replace(stride_in_1x1=True), rule="torchvision")
+  assert any("not equivalent" in n for n in msra_report.notes)  # MSRA layout != ImageNet's
   assert sorted(report.ignored) == sorted(k for k in tv if k.startswith("fc.")
                                           or k.endswith("num_batches_tracked"))
   assert sorted(k for k, _ in report.fresh) == sorted(
@@ -203,30 +215,28 @@ def test_rule_torchvision():
   model.load_state_dict(to_torch_state_dict(variables, "deeplabv2"), strict=True)
   x = rng.normal(0, 60, (2, 3, 67, 50)).astype(np.float32)
   want = _torch_eval(model, x)
-  module = model_io.build_from_spec(model_io.generator_spec(
-      "deeplabv2", 21, stride_in_1x1=False, depths=(1, 1, 1, 1), width=16))
+  module = build(tv_spec)
   err = tr.rel_err(_jax_eval(module, variables, x), want)
   print(f"torchvision layout (stride_in_1x1=False) rel err {err:.2e}")
   assert err <= TOL, f"seed {seed}: {err}"
-  msra = model_io.build_from_spec(model_io.generator_spec(
-      "deeplabv2", 21, stride_in_1x1=True, depths=(1, 1, 1, 1), width=16))
+  msra = build(tv_spec.replace(stride_in_1x1=True))
   assert tr.rel_err(_jax_eval(msra, variables, x), want) > 1e-2  # the layout matters
   # strict + torchvision layout: a full torchvision-layout state_dict plus fc.* loads too.
   full = dict(_sd(model), **{k: tv[k] for k in ("fc.weight", "fc.bias")})
-  strict, _ = convert_state_dict(full, "deeplabv2", 21, stride_in_1x1=False, **SMALL_KW)
+  strict, _ = convert_state_dict(full, tv_spec)
   _assert_same_variables(strict, variables)
   del tv["layer3.0.conv2.weight"]
   with pytest.raises(ConversionError, match=r"missing key 'layer3\.0\.conv2\.weight'"):
-    convert_state_dict(tv, "deeplabv2", 21, rule="torchvision", **SMALL_KW)
+    convert_state_dict(tv, tv_spec, rule="torchvision")
   with pytest.raises(ConversionError, match="torchvision"):
-    convert_state_dict(tv, "fc_discriminator", 21, rule="torchvision")
+    convert_state_dict(tv, ModelSpec("fc_discriminator", 21), rule="torchvision")
 
 
 # --------------------------------------------------------------------------- file formats
 def test_wrappers_prefixes_and_serialisations(tmp_path, small_res):
   model = small_res[0]
   sd = tr.state_dict_without_counters(model)
-  reference, _ = convert_state_dict(_sd(model), "deeplabv2", 21, **SMALL_KW)
+  reference, _ = convert_state_dict(_sd(model), ModelSpec("deeplabv2", 21, **SMALL_KW))
   variants = {
       "plain_zip.pth": (model.state_dict(), True),  # with num_batches_tracked
       "plain_legacy.pth": (sd, False),
@@ -242,11 +252,11 @@ def test_wrappers_prefixes_and_serialisations(tmp_path, small_res):
     torch.save(obj, path, _use_new_zipfile_serialization=zip_format)
     with open(path, "rb") as f:
       assert (f.read(2) == b"PK") == zip_format
-    got = load_torch_checkpoint(str(path), "deeplabv2", 21, **SMALL_KW)
+    got = load_torch_checkpoint(str(path), ModelSpec("deeplabv2", 21, **SMALL_KW))
     _assert_same_variables(got, reference)
   half = {k: v.half() for k, v in sd.items()}
   torch.save(half, tmp_path / "half.pth")
-  got = load_torch_checkpoint(str(tmp_path / "half.pth"), "deeplabv2", 21, **SMALL_KW)
+  got = load_torch_checkpoint(str(tmp_path / "half.pth"), ModelSpec("deeplabv2", 21, **SMALL_KW))
   assert all(np.asarray(v).dtype == np.float32 for v in _flat(got).values())
 
 
@@ -355,6 +365,37 @@ def test_refuses_to_overwrite(tmp_path, capsys, small_res):
   assert code == 2 and "model.json is missing" in err
 
 
+def test_model_directories_of_the_old_format_load(tmp_path):
+  """model.json as written before ModelSpec (no dtype, `fc_discriminator` arch names, metadata
+  keys) still loads, and builds the model it describes."""
+  old_docs = {
+      "generator": {"format": "advseg_jax.model", "format_version": 1, "kind": "generator",
+                    "arch": "deeplabv2", "num_classes": 5, "depths": [1, 1, 1, 1], "width": 8,
+                    "stride_in_1x1": True, "aspp_branches_used": 2, "bn_mode": "batch_stats",
+                    "channel_order": "BGR", "mean_bgr": [104.0, 116.0, 122.0],
+                    "source": {"file": "x.pth", "sha256": "00", "rule": "strict"}},
+      "discriminator": {"format": "advseg_jax.model", "format_version": 1,
+                        "kind": "discriminator", "arch": "fc_discriminator", "num_classes": 5,
+                        "ndf": 8, "gan": "vanilla", "level": "main", "step": 3},
+  }
+  for kind, doc in old_docs.items():
+    spec = ModelSpec.from_json(doc)
+    assert spec.dtype == "float32" and spec.kind == kind
+    variables = jax.tree.map(np.asarray, build(spec).init(
+        jax.random.key(0), np.zeros(spec.input_shape(), np.float32)))
+    directory = tmp_path / kind
+    model_io.save_model(str(directory), variables, spec)
+    with open(directory / model_io.SPEC_FILE, "w") as f:  # what the old code wrote
+      json.dump(doc, f, indent=2)
+    loaded, got = model_io.load_model(str(directory))
+    assert got == {k: v for k, v in doc.items() if k not in ("format", "format_version")}
+    _assert_same_variables(loaded, variables)
+    assert ModelSpec.from_json(got) == spec
+    model_io.save_model(str(tmp_path / f"{kind}_again"), loaded, got)  # metadata kept
+    _, again = model_io.load_model(str(tmp_path / f"{kind}_again"))
+    assert again == dict(got, dtype="float32")
+
+
 # --------------------------------------------------------------------------- CLI
 ARCH_CASES = {
     "deeplabv2": (lambda: tr.Res_Deeplab(21, aspp_branches=4, **SMALL), 21,
@@ -384,10 +425,10 @@ def test_cli_convert_and_reverse(arch, tmp_path, capsys):
   if arch.startswith("deeplab"):
     assert spec["channel_order"] == ("RGB" if arch == "deeplabv2" else "BGR")
     assert spec["aspp_branches_used"] == (4 if arch == "deeplabv2" else 2)
-    assert spec["mean_bgr"] == list(model_io.MEAN_BGR) and spec["stride_in_1x1"] is True
+    assert spec["mean_bgr"] == list(CAFFE_MEAN_BGR) and spec["stride_in_1x1"] is True
   x = rng.normal(0, 60 if arch.startswith("deeplab") else 1, (2,) + in_shape).astype(np.float32)
   want = _torch_eval(model, x)
-  got = _jax_eval(model_io.build_from_spec(spec), variables, x)
+  got = _jax_eval(build(spec), variables, x)
   pairs = zip(got, want) if isinstance(want, tuple) else [(got, want)]
   for g, w in pairs:
     err_ = tr.rel_err(g, w)
@@ -410,7 +451,9 @@ def test_cli_help_mentions_every_flag(capsys):
   code = main(["convert", "--help"])
   out = capsys.readouterr().out
   assert code == 0
-  flags = {opt for a in build_parser()._actions for opt in a.option_strings}  # pylint: disable=protected-access
+  fv = define_flags()
+  flags = {f"--{fv[name].name}" for name in fv}
+  assert all(fv[name].help for name in fv)
   required = {"--arch", "--num_classes", "--rule", "--aspp_branches_used", "--channel_order",
               "--depths", "--stride_in_1x1", "--torchvision_layout", "--overwrite", "--reverse"}
   assert required <= flags
@@ -419,7 +462,9 @@ def test_cli_help_mentions_every_flag(capsys):
   for word in ("strict", "advsemi", "adaptseg", "torchvision", "RGB", "BGR", "INPUT", "OUTPUT"):
     assert word in out
   assert main(["--arch", "nope", "a", "b"]) == 2
-  assert "invalid choice" in capsys.readouterr().err
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "--arch" in err[0], err
+  assert "deeplabv2" in err[0]  # absl names the allowed values
 
 
 def test_core_imports_without_torch():

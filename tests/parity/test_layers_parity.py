@@ -1,4 +1,5 @@
-"""Parity of the torch-exact primitives in `advseg_jax.models.layers` with PyTorch (CPU).
+"""Parity of the torch-exact primitives in `advseg_jax.models.layers`, and of the kernels
+that compute them (`advseg_jax.kernels`), with PyTorch (CPU).
 
 Fresh random inputs every run; the seed is in every assertion message. Relative error is
 max|jax - torch| / max|torch|.
@@ -14,6 +15,10 @@ import flax.linen as nn_flax
 
 import jax.numpy as jnp
 
+from advseg_jax.kernels import matmul
+from advseg_jax.kernels import selection as kernels
+from advseg_jax.kernels.selection import Kernels
+from advseg_jax.kernels.batch_norm import batch_norm_train
 from advseg_jax.models import layers
 from advseg_jax.models.deeplab import output_size
 from tests.torch_ref.models import fresh_rng, nchw_to_nhwc, nhwc_to_nchw, output_size as torch_out
@@ -105,7 +110,8 @@ def test_batchnorm(train):
 @pytest.mark.parametrize("train", [False, True])
 def test_batchnorm_gradients_equal_torch(train):
   """d input, d weight, d bias of BatchNorm2d (train mode: the hand-written backward of
-  `layers.batch_norm_train`) against torch autograd, for a non-uniform upstream gradient."""
+  `batch_norm_train`, and autodiff) against torch autograd, for a non-uniform upstream
+  gradient."""
   import jax  # pylint: disable=import-outside-toplevel
   rng, seed = fresh_rng()
   c = 5
@@ -122,21 +128,22 @@ def test_batchnorm_gradients_equal_torch(train):
   (bn(xt) * torch.from_numpy(up)).sum().backward()
   variables = {"params": {"scale": jnp.asarray(w), "bias": jnp.asarray(b)},
                "batch_stats": {"mean": jnp.asarray(rm), "var": jnp.asarray(rv)}}
-  mod = layers.BatchNorm(use_running_average=not train)
   upj = jnp.asarray(nchw_to_nhwc(up))
+  for impl in kernels.BATCH_NORM_IMPLS:
+    mod = layers.BatchNorm(use_running_average=not train, kernels=Kernels(batch_norm=impl))
 
-  def loss(params, xj):
-    y, _ = mod.apply({"params": params, "batch_stats": variables["batch_stats"]}, xj,
-                     mutable=["batch_stats"])
-    return jnp.sum(y * upj)
+    def loss(params, xj, mod=mod):
+      y, _ = mod.apply({"params": params, "batch_stats": variables["batch_stats"]}, xj,
+                       mutable=["batch_stats"])
+      return jnp.sum(y * upj)
 
-  g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"],
-                                                  jnp.asarray(nchw_to_nhwc(x)))
-  for name, got, want in (("input", nhwc_to_nchw(np.asarray(g_x)), xt.grad.numpy()),
-                          ("weight", np.asarray(g_params["scale"]), bn.weight.grad.numpy()),
-                          ("bias", np.asarray(g_params["bias"]), bn.bias.grad.numpy())):
-    err = rel_err(got, want)
-    assert err <= 1e-4, f"seed {seed}: d {name} rel err {err}"
+    g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"],
+                                                    jnp.asarray(nchw_to_nhwc(x)))
+    for name, got, want in (("input", nhwc_to_nchw(np.asarray(g_x)), xt.grad.numpy()),
+                            ("weight", np.asarray(g_params["scale"]), bn.weight.grad.numpy()),
+                            ("bias", np.asarray(g_params["bias"]), bn.bias.grad.numpy())):
+      err = rel_err(got, want)
+      assert err <= 1e-4, f"seed {seed}: {impl} d {name} rel err {err}"
 
 
 def test_batch_norm_train_backward_equals_autodiff():
@@ -167,7 +174,7 @@ def test_batch_norm_train_backward_equals_autodiff():
       y, mean, var = fn(x, scale, bias, 1e-5, dtype)
       return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w_y) + jnp.sum(mean * w_m + var * w_v)
 
-    got = jax.grad(lambda *a: loss(lambda *b: layers.batch_norm_train(*b[:4], None, b[4]), *a),
+    got = jax.grad(lambda *a: loss(lambda *b: batch_norm_train(*b[:4], None, b[4]), *a),
                    argnums=(0, 1, 2))(x, scale, bias)
     want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(x, scale, bias)
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
@@ -177,7 +184,7 @@ def test_batch_norm_train_backward_equals_autodiff():
 
 
 def test_output_size_table():
-  """ORIGINALS.md §1.4: 321->41, 505->64, 512->65, 1024->129, 720->91, 1280->161."""
+  """docs/FIDELITY.md §1.4: 321->41, 505->64, 512->65, 1024->129, 720->91, 1280->161."""
   table = {321: 41, 505: 64, 512: 65, 1024: 129, 720: 91, 1280: 161, 65: 9, 97: 13, 73: 10}
   for n, want in table.items():
     assert output_size(n) == want == torch_out(n), n
@@ -200,8 +207,9 @@ def test_pointwise_conv_equals_torch_and_nn_conv(stride, size, bias):
   if bias:
     variables["params"]["bias"] = jnp.asarray(b)
   mods = {impl: layers.conv(cout, 1, stride=stride, use_bias=bias, in_features=cin,
-                            pointwise_impl=impl) for impl in layers.POINTWISE_IMPLS}
-  assert isinstance(mods["dot"], layers.PointwiseConv)
+                            kernels=Kernels(pointwise=impl)) for impl in kernels.POINTWISE_IMPLS}
+  assert isinstance(mods["dot"], matmul.PointwiseConv)
+  assert isinstance(mods["conv"], nn_flax.Conv)
   xj = jnp.asarray(nchw_to_nhwc(x))
   inits = {k: jax.eval_shape(m.init, jax.random.key(0), xj) for k, m in mods.items()}
   assert jax.tree_util.tree_structure(inits["dot"]) == jax.tree_util.tree_structure(
@@ -218,21 +226,27 @@ def test_pointwise_conv_equals_torch_and_nn_conv(stride, size, bias):
 
 
 def test_pointwise_impls_give_the_same_network():
-  """DeepLabV2 with 1x1 convs as matrix products or as convolutions: same variable tree
-  (names, shapes, init values), same logits."""
+  """DeepLabV2 with 1x1 convs as matrix products or as convolutions, or with the reference
+  kernels: same variable tree (names, shapes, init values), same logits."""
   import jax  # pylint: disable=import-outside-toplevel
   from advseg_jax.models.deeplab import DeepLabV2  # pylint: disable=import-outside-toplevel
   rng, seed = fresh_rng()
   x = jnp.asarray(rng.normal(0, 1, (2, 49, 41, 3)).astype(np.float32))
-  nets = {impl: DeepLabV2(num_classes=5, depths=(1, 2, 1, 1), width=8, pointwise_impl=impl)
-          for impl in layers.POINTWISE_IMPLS}
+  nets = {impl: DeepLabV2(num_classes=5, depths=(1, 2, 1, 1), width=8,
+                         kernels=Kernels(pointwise=impl))
+          for impl in kernels.POINTWISE_IMPLS}
+  nets["reference"] = DeepLabV2(num_classes=5, depths=(1, 2, 1, 1), width=8,
+                                kernels=Kernels.reference())
   inits = {k: n.init(jax.random.key(seed % 1000), x) for k, n in nets.items()}
-  la, lc = (jax.tree_util.tree_leaves_with_path(inits[k]) for k in ("dot", "conv"))
-  assert [p for p, _ in la] == [p for p, _ in lc]
-  for (p, a), (_, c) in zip(la, lc):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(c), err_msg=str(p))
+  lc = jax.tree_util.tree_leaves_with_path(inits["conv"])
+  for other in ("dot", "reference"):
+    la = jax.tree_util.tree_leaves_with_path(inits[other])
+    assert [p for p, _ in la] == [p for p, _ in lc]
+    for (p, a), (_, c) in zip(la, lc):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(c), err_msg=str(p))
   outs = {k: np.asarray(n.apply(inits["conv"], x, train=False)) for k, n in nets.items()}
   assert rel_err(outs["dot"], outs["conv"]) <= TOL, seed
+  assert rel_err(outs["reference"], outs["conv"]) <= TOL, seed
 
 
 @pytest.mark.parametrize("cin,cout,dilation,size", [(6, 6, 1, (9, 11)), (5, 7, 2, (13, 13)),
@@ -252,9 +266,10 @@ def test_conv3x3_matmul_dx_equals_torch_and_autodiff(cin, cout, dilation, size):
   (F.conv2d(xt, wt, padding=dilation, dilation=dilation) * torch.from_numpy(up)).sum().backward()
   want_y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=dilation,
                     dilation=dilation).numpy()
-  mods = {impl: layers.conv(cout, 3, padding=dilation, dilation=dilation, dx_impl=impl)
+  mods = {impl: layers.conv(cout, 3, padding=dilation, dilation=dilation,
+                            kernels=Kernels(conv_dx=impl))
           for impl in ("matmul", "xla")}
-  assert isinstance(mods["matmul"], layers.Conv3x3MatmulDx)
+  assert isinstance(mods["matmul"], matmul.Conv3x3MatmulDx)
   assert isinstance(mods["xla"], nn_flax.Conv)
   xj = jnp.asarray(nchw_to_nhwc(x))
   shapes = {k: jax.tree_util.tree_map(lambda a: a.shape,
@@ -278,18 +293,31 @@ def test_conv3x3_matmul_dx_equals_torch_and_autodiff(cin, cout, dilation, size):
     assert rel_err(a, b) <= TOL, seed
 
 
-def test_conv_dx_impl_resolution():
+def test_kernel_selection():
+  """`select` keeps the config's names, values and 'auto' resolution by backend."""
   import jax  # pylint: disable=import-outside-toplevel
-  assert layers.resolve_conv_dx_impl("auto") == (
-      "matmul" if jax.default_backend() == "cpu" else "xla")
-  assert layers.resolve_conv_dx_impl("xla") == "xla"
-  with pytest.raises(ValueError, match="conv_dx_impl"):
-    layers.resolve_conv_dx_impl("cudnn")
+  cpu = jax.default_backend() == "cpu"
+  assert kernels.select() == Kernels()
+  assert Kernels().resolved().conv_dx == ("matmul" if cpu else "xla")
+  assert Kernels().resolved().aspp == ("matmul" if cpu else "conv")
+  assert kernels.select(backend="gpu") == Kernels(conv_dx="xla", aspp="conv")
+  assert kernels.select(backend="cpu") == Kernels(conv_dx="matmul", aspp="matmul")
+  assert kernels.select("conv", "xla", "conv", backend="cpu") == Kernels("conv", "xla", "conv")
+  for field, bad in (("pointwise_impl", dict(pointwise_impl="cudnn")),
+                     ("conv_dx_impl", dict(conv_dx_impl="cudnn")),
+                     ("aspp_impl", dict(aspp_impl="cudnn"))):
+    with pytest.raises(ValueError, match=field):
+      kernels.select(**bad)
+  assert hash(Kernels()) == hash(kernels.select())  # a static module attribute
   # Only bias-free stride-1 3x3 convolutions with padding == dilation take the matmul path.
+  k = Kernels(conv_dx="matmul")
   for kw in (dict(stride=2, padding=1), dict(padding=1, use_bias=True, in_features=4),
              dict(padding=2, dilation=1)):
-    assert not isinstance(layers.conv(8, 3, dx_impl="matmul", **kw), layers.Conv3x3MatmulDx)
-  assert not isinstance(layers.conv(8, 7, padding=3, dx_impl="matmul"), layers.Conv3x3MatmulDx)
+    assert not isinstance(layers.conv(8, 3, kernels=k, **kw), matmul.Conv3x3MatmulDx)
+  assert not isinstance(layers.conv(8, 7, padding=3, kernels=k), matmul.Conv3x3MatmulDx)
+  ref = Kernels.reference()
+  assert isinstance(layers.conv(8, 1, kernels=ref), nn_flax.Conv)
+  assert isinstance(layers.conv(8, 3, padding=1, kernels=ref), nn_flax.Conv)
 
 
 def test_conv3x3_matmul_dx_bfloat16_matches_xla():
@@ -302,7 +330,7 @@ def test_conv3x3_matmul_dx_bfloat16_matches_xla():
   up = jnp.asarray(rng.normal(0, 1, (2, 13, 13, 32)), jnp.float32)
 
   def g_x(impl, dtype):
-    mod = layers.conv(32, 3, padding=2, dilation=2, dx_impl=impl, dtype=dtype)
+    mod = layers.conv(32, 3, padding=2, dilation=2, kernels=Kernels(conv_dx=impl), dtype=dtype)
     f = lambda x_: jnp.sum(mod.apply({"params": {"kernel": w}}, x_).astype(jnp.float32) * up)
     return np.asarray(jax.grad(f)(x.astype(dtype)).astype(jnp.float32))
 
@@ -318,7 +346,7 @@ def test_conv3x3_matmul_dx_bfloat16_matches_xla():
     ((5, 30), (6, 12), 8),              # one side shorter than every dilation
 ])
 def test_dilated_conv3x3_sum_equals_torch(size, dilations, cin):
-  """`dilated_conv3x3_sum` (one matrix product over the live taps + shifted adds, written-out
+  """`matmul.dilated_conv3x3_sum` (one matrix product over the live taps + shifted adds, written-out
   backward) == the sum of torch Conv2d(3, padding=d, dilation=d) over the branches, in value
   and in input / weight gradients, also for taps that only read padding (their weight
   gradient is exactly 0, as torch's is)."""
@@ -334,7 +362,7 @@ def test_dilated_conv3x3_sum_equals_torch(size, dilations, cin):
   (yt * torch.from_numpy(up)).sum().backward()
 
   kernels = jnp.asarray(ws.transpose(0, 3, 4, 2, 1))  # [B, 3, 3, Cin, Cout]
-  y, pull = jax.vjp(lambda x_, k_: layers.dilated_conv3x3_sum(x_, k_, tuple(dilations)),
+  y, pull = jax.vjp(lambda x_, k_: matmul.dilated_conv3x3_sum(x_, k_, tuple(dilations)),
                     jnp.asarray(nchw_to_nhwc(x)), kernels)
   g_x, g_k = pull(jnp.asarray(nchw_to_nhwc(up)))
   for name, got, want in (("output", nhwc_to_nchw(np.asarray(y)), yt.detach().numpy()),
@@ -343,7 +371,7 @@ def test_dilated_conv3x3_sum_equals_torch(size, dilations, cin):
                            wt.grad.numpy())):
     err = rel_err(got, want)
     assert err <= TOL, f"seed {seed}: {size} {dilations} {name} rel err {err}"
-  live = set(layers.live_taps(*size, dilations))
+  live = set(matmul.live_taps(*size, dilations))
   for b in range(len(dilations)):
     for i in range(3):
       for j in range(3):
@@ -354,23 +382,23 @@ def test_dilated_conv3x3_sum_equals_torch(size, dilations, cin):
 
 def test_live_taps():
   # 13x13 map: dilations 6 and 12 keep all nine taps, 18 and 24 only the centre.
-  assert len(layers.live_taps(13, 13, (6, 12, 18, 24))) == 9 + 9 + 1 + 1
+  assert len(matmul.live_taps(13, 13, (6, 12, 18, 24))) == 9 + 9 + 1 + 1
   # 9x17: dilation 12 loses its top / bottom rows (|12| >= 9) but keeps its columns.
-  assert [t[1:] for t in layers.live_taps(9, 17, (12,))] == [(1, 0), (1, 1), (1, 2)]
-  assert layers.live_taps(41, 41, (6, 12, 18, 24)) == tuple(
+  assert [t[1:] for t in matmul.live_taps(9, 17, (12,))] == [(1, 0), (1, 1), (1, 2)]
+  assert matmul.live_taps(41, 41, (6, 12, 18, 24)) == tuple(
       (b, i, j) for b in range(4) for i in range(3) for j in range(3))
 
 
 @pytest.mark.parametrize("branches", [1, 2, 4])
 def test_aspp_impls_give_the_same_classifier(branches):
-  """`ASPPClassifier(impl='matmul')` has the variable tree and initial values of
-  `impl='conv'` (checkpoints interchangeable) and equal outputs and gradients (the dead
+  """`ASPPClassifier` with the 'matmul' ASPP kernel has the variable tree and initial values
+  of the 'conv' one (checkpoints interchangeable) and equal outputs and gradients (the dead
   branches' gradients are 0 in both)."""
   import jax  # pylint: disable=import-outside-toplevel
   from advseg_jax.models.aspp import ASPPClassifier  # pylint: disable=import-outside-toplevel
   rng, seed = fresh_rng()
   x = jnp.asarray(rng.normal(0, 1, (2, 13, 11, 32)), jnp.float32)
-  mods = {impl: ASPPClassifier(7, branches_used=branches, impl=impl)
+  mods = {impl: ASPPClassifier(7, branches_used=branches, kernels=Kernels(aspp=impl))
           for impl in ("conv", "matmul")}
   inits = {k: m.init(jax.random.key(seed % 2**31), x) for k, m in mods.items()}
   assert jax.tree_util.tree_structure(inits["conv"]) == jax.tree_util.tree_structure(
@@ -393,21 +421,17 @@ def test_aspp_impls_give_the_same_classifier(branches):
       assert rel_err(np.asarray(b), np.asarray(a)) <= TOL, seed
 
 
-def test_aspp_impl_resolution_and_bfloat16():
+def test_aspp_bfloat16():
   import jax  # pylint: disable=import-outside-toplevel
   from advseg_jax.models.aspp import ASPPClassifier  # pylint: disable=import-outside-toplevel
-  assert layers.resolve_aspp_impl("auto") == (
-      "matmul" if jax.default_backend() == "cpu" else "conv")
-  with pytest.raises(ValueError, match="aspp_impl"):
-    layers.resolve_aspp_impl("cudnn")
   # bfloat16: both implementations within 2e-2 of the float32 logits.
   rng, seed = fresh_rng()
   x = jnp.asarray(rng.normal(0, 1, (1, 13, 13, 64)), jnp.float32)
   variables = ASPPClassifier(5).init(jax.random.key(0), x)
-  want = np.asarray(ASPPClassifier(5, impl="conv").apply(variables, x))
+  want = np.asarray(ASPPClassifier(5, kernels=Kernels(aspp="conv")).apply(variables, x))
   for impl in ("conv", "matmul"):
-    got = ASPPClassifier(5, impl=impl, dtype=jnp.bfloat16).apply(variables,
-                                                                 x.astype(jnp.bfloat16))
+    got = ASPPClassifier(5, kernels=Kernels(aspp=impl), dtype=jnp.bfloat16).apply(
+        variables, x.astype(jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
     err = rel_err(np.asarray(got.astype(jnp.float32)), want)
     assert err <= 2e-2, f"seed {seed}: {impl} bfloat16 rel err {err}"

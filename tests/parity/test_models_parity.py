@@ -15,11 +15,14 @@ import torch
 import jax
 import jax.numpy as jnp
 
-from tests.torch_ref import models as tr
-from advseg_jax.torch_port.convert import convert_state_dict, to_numpy_state_dict
-from advseg_jax.model_io import build_from_spec, discriminator_spec, generator_spec
+from flax import traverse_util
+
+from advseg_jax.model_io import abstract_variables
+from advseg_jax.models import ModelSpec, build
 from advseg_jax.models.deeplab import count_params
-from advseg_jax.torch_port import names as torch_names
+from advseg_jax.torch_port.convert import convert_state_dict, to_numpy_state_dict
+
+from tests.torch_ref import models as tr
 
 TOL = 1e-5
 SHALLOW = (1, 1, 2, 1)
@@ -64,7 +67,7 @@ def res101():
   """Full-depth Res_Deeplab(21), random weights + BN stats, and its conversion."""
   rng, seed = tr.fresh_rng()
   model = tr.randomize_(tr.Res_Deeplab(21, aspp_branches=2), seed=int(seed % 2**31)).eval()
-  variables, _ = convert_state_dict(_numpy_sd(model), "deeplabv2", 21)
+  variables, _ = convert_state_dict(_numpy_sd(model), ModelSpec("deeplabv2", 21))
   return model, variables, rng, seed
 
 
@@ -76,7 +79,7 @@ def test_res_deeplab_eval(res101, branches, hw):
   x = _images(rng, 2, *hw)
   want = _torch_forward(model, x)
   assert want.shape == (2, 21, tr.output_size(hw[0]), tr.output_size(hw[1]))
-  module = build_from_spec(generator_spec("deeplabv2", 21, aspp_branches_used=branches))
+  module = build(ModelSpec("deeplabv2", 21, aspp_branches_used=branches))
   _check(f"Res_Deeplab(21) {branches} ASPP branches {hw}", _jax_forward(module, variables, x),
          want, seed)
 
@@ -84,10 +87,10 @@ def test_res_deeplab_eval(res101, branches, hw):
 def test_deeplab_multi_eval():
   rng, seed = tr.fresh_rng()
   model = tr.randomize_(tr.DeeplabMulti(19), seed=int(seed % 2**31)).eval()
-  variables, _ = convert_state_dict(_numpy_sd(model), "deeplabv2_multi", 19)
+  variables, _ = convert_state_dict(_numpy_sd(model), ModelSpec("deeplabv2_multi", 19))
   x = _images(rng, 1, 65, 80)
   aux_t, main_t = _torch_forward(model, x)
-  module = build_from_spec(generator_spec("deeplabv2_multi", 19))
+  module = build(ModelSpec("deeplabv2_multi", 19))
   aux_j, main_j = _jax_forward(module, variables, x)
   _check("DeeplabMulti(19) aux (layer5)", aux_j, aux_t, seed)
   _check("DeeplabMulti(19) main (layer6)", main_j, main_t, seed)
@@ -97,12 +100,12 @@ def test_deeplab_multi_eval():
 def test_fc_discriminator(hw):
   rng, seed = tr.fresh_rng()
   model = tr.randomize_(tr.FCDiscriminator(21), seed=int(seed % 2**31)).eval()
-  variables, _ = convert_state_dict(_numpy_sd(model), "fc_discriminator", 21)
+  variables, _ = convert_state_dict(_numpy_sd(model), ModelSpec("fc_discriminator", 21))
   logits = rng.normal(0, 2, (2, 21) + hw).astype(np.float32)
   probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
   want = _torch_forward(model, probs)
   assert want.shape == (2, 1, hw[0] // 32, hw[1] // 32)
-  module = build_from_spec(discriminator_spec("fc_discriminator", 21))
+  module = build(ModelSpec("fc_discriminator", 21))
   _check(f"FCDiscriminator {hw}", _jax_forward(module, variables, probs), want, seed)
 
 
@@ -111,11 +114,11 @@ def test_iclr_dis(hw):
   """The ICLR `Dis` reaches the input size again for sides 32k + 1 (321 in the original)."""
   rng, seed = tr.fresh_rng()
   model = tr.randomize_(tr.Dis(21), seed=int(seed % 2**31)).eval()
-  variables, _ = convert_state_dict(_numpy_sd(model), "fc2_discriminator", 21)
+  variables, _ = convert_state_dict(_numpy_sd(model), ModelSpec("fc2_discriminator", 21))
   probs = rng.dirichlet(np.ones(21), (2,) + hw).transpose(0, 3, 1, 2).astype(np.float32)
   want = _torch_forward(model, probs)
   assert want.shape == (2, 2) + hw
-  module = build_from_spec(discriminator_spec("fc2_discriminator", 21))
+  module = build(ModelSpec("fc2_discriminator", 21))
   _check(f"ICLR Dis {hw}", _jax_forward(module, variables, probs), want, seed)
 
 
@@ -123,10 +126,11 @@ def test_iclr_dis(hw):
 def _train_parity(torch_model, arch, num_classes, depths, x, seed, name):
   """Train-mode forward (batch statistics) and the updated running statistics."""
   torch_model = copy.deepcopy(torch_model)
-  variables, _ = convert_state_dict(_numpy_sd(torch_model), arch, num_classes, depths=depths)
+  spec = ModelSpec(arch, num_classes, depths=depths)
+  variables, _ = convert_state_dict(_numpy_sd(torch_model), spec)
   torch_model.train()
   want = _torch_forward(torch_model, x)
-  module = build_from_spec(generator_spec(arch, num_classes, depths=depths))
+  module = build(spec)
   out, mutated = _jax_forward(module, variables, x, train=True, mutable=["batch_stats"])
   outs = out if isinstance(out, tuple) else (out,)
   wants = want if isinstance(want, tuple) else (want,)
@@ -166,14 +170,14 @@ def test_train_mode_full_depth(res101):
   """
   model, _, rng, seed = res101
   model.layer5.branches_used = 2
-  variables, _ = convert_state_dict(_numpy_sd(model), "deeplabv2", 21)
+  variables, _ = convert_state_dict(_numpy_sd(model), ModelSpec("deeplabv2", 21))
   x = _images(rng, 2, 41, 40)
   t32 = copy.deepcopy(model).train()
   t64 = copy.deepcopy(model).double().train()
   with torch.no_grad():
     y32 = t32(torch.from_numpy(x)).numpy()
     y64 = t64(torch.from_numpy(x).double()).numpy()
-  module = build_from_spec(generator_spec("deeplabv2", 21))
+  module = build(ModelSpec("deeplabv2", 21))
   out, mutated = _jax_forward(module, variables, x, train=True, mutable=["batch_stats"])
   yj = tr.nhwc_to_nchw(np.asarray(out))
   e_j, e_t, e_jt = tr.rel_err(yj, y64), tr.rel_err(y32, y64), tr.rel_err(yj, y32)
@@ -200,7 +204,7 @@ def test_train_mode_full_depth(res101):
     ("fc_discriminator", 19, 2_781_121, 10),
 ])
 def test_counts(arch, ncls, n_params, n_keys, res101):
-  """ORIGINALS.md §1.6, on the torch reference and on the Flax variables."""
+  """docs/FIDELITY.md §1.6, on the torch reference and on the Flax variables."""
   if arch == "deeplabv2":
     torch_model = res101[0]
   elif arch == "deeplabv2_multi":
@@ -209,18 +213,15 @@ def test_counts(arch, ncls, n_params, n_keys, res101):
     torch_model = tr.FCDiscriminator(ncls)
   assert tr.count_parameters(torch_model) == n_params
   assert len(tr.state_dict_without_counters(torch_model)) == n_keys
-  spec = (generator_spec(arch, ncls) if arch.startswith("deeplab")
-          else discriminator_spec(arch, ncls))
-  from advseg_jax.model_io import abstract_variables
-  abstract = abstract_variables(spec)
+  abstract = abstract_variables(ModelSpec(arch, ncls))
   assert count_params(abstract["params"]) == n_params
-  assert len(torch_names.flatten(abstract)) == n_keys
+  assert len(traverse_util.flatten_dict(abstract)) == n_keys
   if arch == "deeplabv2":
     assert len(res101[0].state_dict()) == 632  # with num_batches_tracked (104 BNs)
 
 
 def test_optim_parameters_multiplicity(res101):
-  """ORIGINALS.md §1.5: stem conv 1x, 99 bottleneck convs 3x, 4 downsample convs 4x."""
+  """docs/FIDELITY.md §1.5: stem conv 1x, 99 bottleneck convs 3x, 4 downsample convs 4x."""
   model = res101[0]
   groups = tr.optim_parameters(model, 2.5e-4)
   assert [g["lr"] for g in groups] == [2.5e-4, 2.5e-3]

@@ -497,14 +497,11 @@ def rel_err(a, b) -> float:
 
 
 def fresh_rng():
-  """(numpy Generator, seed): an unseeded draw whose seed can be printed on failure;
+  """(numpy Generator, seed): an unseeded draw, printed on failure (tests.seeds);
   ADVSEG_TEST_SEED=<int> reproduces a reported one."""
-  import os  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  if os.environ.get("ADVSEG_TEST_SEED"):
-    seed = int(os.environ["ADVSEG_TEST_SEED"])
-  else:
-    seed = int(np.random.SeedSequence().entropy % (2**63))
+  from tests import seeds  # pylint: disable=import-outside-toplevel
+  seed = seeds.draw()
   return np.random.default_rng(seed), seed
 
 

@@ -68,7 +68,7 @@ def test_block_outputs_are_computed_once():
 @pytest.mark.parametrize("mode", ["jit", "pmap", "shard_map"])
 def test_train_step_bindings_compile_with_the_options(mode):
   """Every `Parallel` binding compiles with the options: on the call path and through
-  `.lower(...).compile()` (what benchmarks/step_throughput.py uses)."""
+  `.lower(...).compile()` (what benchmarks/speed/step_throughput.py uses)."""
   par = Parallel(mode)
 
   def body(states, batch, rng):
@@ -87,3 +87,12 @@ def test_train_step_bindings_compile_with_the_options(mode):
   np.testing.assert_allclose(par.unreplicate(states)["w"], [10.0] * 3)
   if mode != "pmap" or jax.default_backend() == "cpu":
     assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_other_backends_get_the_plain_transforms(monkeypatch):
+  """Without options (any backend but CPU) `jit` and `pmap` are jax.jit / jax.pmap as is."""
+  monkeypatch.setattr(compile_options, "for_devices", lambda devices=None: None)
+  assert not isinstance(compile_options.pmap(lambda x: x * 2, axis_name="i"),
+                        compile_options._PmapWithOptions)  # pylint: disable=protected-access
+  f = compile_options.jit(lambda x: x * 2)
+  assert float(f(jnp.float32(3.0))) == 6.0

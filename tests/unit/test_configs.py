@@ -4,13 +4,14 @@
 import math
 import os
 
-from tests import loop_helpers
 import pytest
 
 from advseg_jax import methods
 from advseg_jax.config import validation as config_validation
 from advseg_jax.config import presets
 from advseg_jax.train import loop
+
+from tests import loop_helpers
 
 VOC = [f"voc.py:{m}_{f}" for m in ("baseline", "adv", "semi")
        for f in ("0.125", "0.25", "0.5", "1.0") if (m, f) != ("semi", "1.0")]
@@ -97,6 +98,7 @@ def test_presets_parse_arg():
   assert presets.parse_arg(" semi_0.5 , runlocal", "x") == ("semi_0.5", ("runlocal",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", RUN)
 def test_preset_trains_two_steps(spec, tmp_path):
   c = loop_helpers.shrink_for_test(loop_helpers.load_preset(spec + ",runlocal"))

@@ -1,5 +1,6 @@
-"""advseg_jax.kernels.host_malloc: when the glibc settings apply, and that they stop XLA:CPU from
-page-faulting its scratch buffer in on every execution."""
+"""advseg_jax.kernels.host_malloc (opt-in, used by the benchmarks): when the glibc settings
+apply, and that they stop XLA:CPU from page-faulting its scratch buffer in on every execution.
+Allocator page-fault tests: slow tier."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import textwrap
 import pytest
 
 from advseg_jax.kernels import host_malloc
+
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GLIBC = host_malloc._glibc() is not None  # pylint: disable=protected-access
@@ -141,26 +144,28 @@ def test_hugepage_environment_is_added_once_and_not_taken_for_the_users(monkeypa
   assert host_malloc.hugepage_environment(env)["GLIBC_TUNABLES"] == env["GLIBC_TUNABLES"]
   _clean_env(monkeypatch)
   for k, v in env.items():
-    if k in ("GLIBC_TUNABLES", host_malloc._OURS):  # pylint: disable=protected-access
+    if k in ("GLIBC_TUNABLES", host_malloc.TUNABLE_MARKER):
       monkeypatch.setenv(k, v)
   assert host_malloc.skip_reason(check_platform=False) is None     # ours, not the user's
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
-  monkeypatch.delenv(host_malloc._OURS)  # pylint: disable=protected-access
+  monkeypatch.delenv(host_malloc.TUNABLE_MARKER)
   assert "GLIBC_TUNABLES" in host_malloc.skip_reason(check_platform=False)
 
 
 _REEXEC = textwrap.dedent("""
     import os, sys
     print("start", os.getpid(), flush=True)
+    sys.path.insert(0, os.path.join("benchmarks", "speed"))
+    import _common
     from advseg_jax.kernels import host_malloc
-    host_malloc.reexec_with_hugepages()
+    _common.reexec_with_hugepages()
     print("end", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], flush=True)
 """)
 
 
 @pytest.mark.skipif(not GLIBC, reason="needs Linux with glibc")
 @pytest.mark.parametrize("switch", ["tuned", "default"])
-def test_process_entry_reexecutes_once_with_hugepages(switch):
+def test_benchmark_entry_reexecutes_once_with_hugepages(switch):
   proc = subprocess.run([sys.executable, "-c", _REEXEC, "a1", "--b=2"], capture_output=True,
                         text=True, timeout=120, env=_base_env(switch), cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The optimisers of `advseg_jax.train.optim` vs PyTorch (ORIGINALS.md §1.5, §4.1, §6.1).
+"""The optimisers of `advseg_jax.train.optim` vs PyTorch (docs/FIDELITY.md §1.5, §4.1, §6.1).
 
 * Multiplicities: the per-leaf update counts of `generator_param_roles` equal how often the
   originals' `optim_parameters()` lists each parameter (full-depth Res_Deeplab(21): stem conv
@@ -17,7 +17,6 @@ branches and BN affine get random JAX gradients too: multiplicity 0 must ignore 
 
 from __future__ import annotations
 
-import os
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,12 +24,14 @@ import optax
 import pytest
 import torch
 
-from tests.torch_ref import models as tr
-from tests.torch_ref import training as ttr
 from advseg_jax.config.defaults import base_config
 from advseg_jax.models.deeplab import DeepLabV2
 from advseg_jax.models.discriminator import FCDiscriminator
 from advseg_jax.train import optim
+
+from tests import seeds
+from tests.torch_ref import models as tr
+from tests.torch_ref import training as ttr
 
 TOL = 1e-6  # "exact": float32 rounding only
 K = 3
@@ -39,10 +40,8 @@ NUM_STEPS = 6  # poly schedule length; we take 4 steps, so the LR decays to (1 -
 
 
 def _seed():
-  """A fresh seed per run; ADVSEG_TEST_SEED=<int> reproduces a reported failure."""
-  if os.environ.get("ADVSEG_TEST_SEED"):
-    return int(os.environ["ADVSEG_TEST_SEED"])
-  return int(np.random.SeedSequence().entropy % (2**31 - 1))
+  """A fresh seed per run, printed on failure; ADVSEG_TEST_SEED=<int> reproduces it."""
+  return seeds.draw(bits=31)
 
 
 def _rel(a, b, floor=0.0) -> float:
@@ -97,7 +96,7 @@ def test_multiplicities_match_the_original_listing_full_depth():
   for name, count in listing.items():
     if not name.startswith("layer5."):
       counts[count] = counts.get(count, 0) + 1
-  # ORIGINALS.md §1.5: stem 1x, 99 bottleneck convs 3x, 4 downsample convs 4x, BN affine 0.
+  # docs/FIDELITY.md §1.5: stem 1x, 99 bottleneck convs 3x, 4 downsample convs 4x, BN affine 0.
   assert counts == {0: 104 * 2, 1: 1, 3: 99, 4: 4}, counts
 
 
@@ -128,7 +127,7 @@ def _live(name: str) -> bool:
 
 
 def _torch_legacy_step(groups, bufs, wd, momentum):
-  """PyTorch 0.2-0.4 `SGD.step` (ORIGINALS.md §1.5), written out: for every *listing* of
+  """PyTorch 0.2-0.4 `SGD.step` (docs/FIDELITY.md §1.5), written out: for every *listing* of
   a parameter, in order: d_p = p.grad; d_p += wd * p (in place on the gradient); one shared
   momentum buffer buf = m * buf + d_p (buf = d_p the first time); p -= lr * buf."""
   with torch.no_grad():
@@ -220,7 +219,10 @@ def test_generator_sgd_matches_torch(legacy):
 
 
 def test_legacy_and_plain_sgd_differ_only_on_duplicated_tensors():
-  """One step from the same state: tensors listed once agree, 3x/4x-listed ones do not."""
+  """One step from the same state: tensors listed once get the same new values, 3x/4x-listed
+  ones do not (compared as new - old parameters: `torch_sgd` returns `(p - lr * buf) - p` as
+  its update, `grouped_sgd` `-lr * buf`, which round differently but land on the same
+  parameters)."""
   seed = _seed()
   rng = np.random.default_rng(seed)
   template = _g_template()
@@ -235,7 +237,9 @@ def test_legacy_and_plain_sgd_differ_only_on_duplicated_tensors():
     tx = optim.generator_optimizer(params, cfg, head_names=("layer5",), aspp_branches_used=2,
                                    num_steps=NUM_STEPS)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    out[legacy] = ttr.flax_to_torch_arrays(jax.device_get(updates))
+    new = jax.device_get(optax.apply_updates(params, updates))
+    out[legacy] = ttr.flax_to_torch_arrays(jax.tree.map(
+        lambda n, p: np.asarray(n, np.float64) - np.asarray(p, np.float64), new, params))
   listing = tr.param_multiplicity(tr.optim_parameters(model, 1.0), model)
   for name, count in listing.items():
     same = np.allclose(out[True][name], out[False][name], rtol=1e-6, atol=0)

@@ -49,8 +49,9 @@ def test_float64_without_x64_is_a_clear_error():
       build_discriminator(c.disc)
 
 
-@pytest.mark.parametrize("dtype,wide", [("bfloat16", "float32"), ("float32", "float32"),
-                                        ("float64", "float64")])
+@pytest.mark.parametrize("dtype,wide", [
+    pytest.param("bfloat16", "float32", marks=pytest.mark.slow), ("float32", "float32"),
+    pytest.param("float64", "float64", marks=pytest.mark.slow)])
 def test_variables_outputs_and_losses_are_wide(dtype, wide):
   with jax.enable_x64(dtype == "float64"):
     c = _tiny(dtype)

@@ -5,7 +5,6 @@ testing the originals' step; here a tiny AdvSemiSeg step on random data checks w
 knob does to D and nothing else.
 """
 
-from tests import loop_helpers  # noqa: F401  (quick-compile settings and the shared compilation cache)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +15,8 @@ from advseg_jax.config import validation as config_validation
 from advseg_jax.models import build_discriminator, build_generator
 from advseg_jax.train.state import create_train_states
 from advseg_jax.train.steps import make_train_step, with_instance_noise
+
+from tests import loop_helpers  # noqa: F401  (quick-compile settings and the shared compilation cache)
 
 K, B, HW = 3, 2, 33
 
@@ -57,6 +58,7 @@ def _same(a, b) -> bool:
              zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 def test_d_update_every_freezes_d_between_updates():
   history, metrics = _run(_config(d_update_every=2), steps=4)
   d = [s.d.params for s in history]
@@ -70,12 +72,14 @@ def test_d_update_every_freezes_d_between_updates():
   assert all(not _same(g[i + 1], g[i]) for i in range(4))
 
 
+@pytest.mark.slow
 def test_d_update_every_one_is_the_default_step():
   a, _ = _run(_config(), steps=2)
   b, _ = _run(_config(d_update_every=1, d_instance_noise=0.0), steps=2)
   assert _same(a[-1].d.params, b[-1].d.params) and _same(a[-1].g.params, b[-1].g.params)
 
 
+@pytest.mark.slow
 def test_instance_noise_changes_d_and_is_deterministic_given_rng():
   plain, _ = _run(_config(), steps=2)
   noisy1, m = _run(_config(d_instance_noise=0.3), steps=2, rng_seed=1)

@@ -1,56 +1,48 @@
 """GTA5 ("Playing for Data"), labels in Cityscapes labelIds mapped to the 19 trainIds.
 
-Manual download. ``manual_dir`` layout::
+Manual download. `manual_dir` layout:
 
-    images/<name>.png      # 00001.png ... 24966.png
-    labels/<name>.png      # palette PNG whose indices are Cityscapes labelIds
-    train.txt              # optional: one <name>.png per line (AdaptSegNet gta5_list/train.txt)
+  images/<name>.png      # 00001.png ... 24966.png
+  labels/<name>.png      # palette PNG whose indices are Cityscapes labelIds
+  train.txt              # optional: one <name>.png per line (AdaptSegNet gta5_list/train.txt)
 
-Without ``train.txt`` all ``images/*.png`` are used, sorted by name. One split, ``train``
+Without `train.txt` all `images/*.png` are used, sorted by name. One split, `train`
 (24,966 examples in the full dataset). The labelId -> trainId table is Cityscapes' (the same
-``id_to_trainid`` AdaptSegNet uses); raw values outside 0..33 and 255 are an error.
+`id_to_trainid` AdaptSegNet uses); raw values outside 0..33 and 255 are an error.
 """
 
 from __future__ import annotations
 
 import os
 
-from advseg_jax.data import labels as L
+from advseg_jax.data import labels
 from advseg_jax.data.builders import common
 
 
 class Builder(common.ManualSegBuilder):
-    """GTA5 synthetic driving scenes, 19 Cityscapes trainIds."""
+  """GTA5 synthetic driving scenes, 19 Cityscapes trainIds."""
 
-    name = "advseg_gta5"
-    VALID_RAW_IDS = L.CITYSCAPES_VALID_RAW_IDS
-    EXPECTED_SIZES = {"train": 24966}
-    LAYOUT = ("<manual_dir>/images/<name>.png, <manual_dir>/labels/<name>.png, "
-              "optional <manual_dir>/train.txt")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Extract the GTA5 images/ and labels/ folders (download.visinf.tu-darmstadt.de) into "
-        "manual_dir; optionally add AdaptSegNet's dataset/gta5_list/train.txt as train.txt.")
-    DESCRIPTION = __doc__
+  name = "advseg_gta5"
+  VALID_RAW_IDS = labels.CITYSCAPES_VALID_RAW_IDS
+  EXPECTED_SIZES = {"train": 24966}
+  LAYOUT = ("<manual_dir>/images/<name>.png, <manual_dir>/labels/<name>.png, "
+            "optional <manual_dir>/train.txt")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Extract the GTA5 images/ and labels/ folders (download.visinf.tu-darmstadt.de) into "
+      "manual_dir; optionally add AdaptSegNet's dataset/gta5_list/train.txt as train.txt.")
+  DESCRIPTION = __doc__
 
-    @classmethod
-    def check_manual_dir(cls, manual_dir: str) -> None:
-        common.require_dir(manual_dir, "manual_dir", cls.LAYOUT)
-        for sub in ("images", "labels"):
-            common.require_dir(os.path.join(manual_dir, sub), f"GTA5 {sub}", cls.LAYOUT)
+  @classmethod
+  def check_manual_dir(cls, manual_dir: str) -> None:
+    common.require_dir(manual_dir, "manual_dir", cls.LAYOUT)
+    for sub in ("images", "labels"):
+      common.require_dir(os.path.join(manual_dir, sub), f"GTA5 {sub}", cls.LAYOUT)
 
-    def _split_names(self):
-        return ("train",)
+  def _split_names(self):
+    return ("train",)
 
-    def _label_mapping(self) -> dict[int, int]:
-        return L.cityscapes_id_to_train_id()
+  def _label_mapping(self) -> dict[int, int]:
+    return labels.cityscapes_id_to_train_id()
 
-    def _list_examples(self, manual_dir: str, split: str) -> list[common.ExampleRef]:
-        list_path = os.path.join(manual_dir, "train.txt")
-        if os.path.isfile(list_path):
-            names = common.read_list_file(list_path)
-        else:
-            names = sorted(f for f in os.listdir(os.path.join(manual_dir, "images"))
-                           if f.lower().endswith(".png"))
-        return [common.ExampleRef(
-            file_name=n, image=os.path.join(manual_dir, "images", n),
-            label=os.path.join(manual_dir, "labels", n)) for n in names]
+  def _list_examples(self, manual_dir: str, split: str) -> list[common.ExampleRef]:
+    return common.same_name_png_pairs(manual_dir, "images", "labels")

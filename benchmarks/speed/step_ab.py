@@ -12,9 +12,9 @@ A variant is `LABEL=FIELD=VALUE[,FIELD=VALUE...]`, config fields with dots as in
 CLI's `--config.FIELD=VALUE`; `LABEL=` alone is the unchanged config. The first variant is
 the baseline of the speed-up column.
 
-  python benchmarks/step_ab.py --method supervised --depth resnet101 --cpus 2 \\
+  python benchmarks/speed/step_ab.py --method supervised --depth resnet101 --cpus 2 \\
       --variant matmul=model.conv_dx_impl=matmul --variant xla=model.conv_dx_impl=xla
-  python benchmarks/step_ab.py --method advsemi --variant base= \\
+  python benchmarks/speed/step_ab.py --method advsemi --variant base= \\
       --variant bf16=model.dtype=bfloat16,disc.dtype=bfloat16 --calls 30
 
 `--torch eager[,channels_last,...]` adds torch_step.py's PyTorch iteration of the same method,
@@ -25,7 +25,7 @@ medians, and the median (p25-p75) of the per-round ratios, each JAX call against
 call of the same round. That pairing cancels the machine's drift, which between separate
 processes (compare.py) is as large as the difference measured:
 
-  python benchmarks/step_ab.py --method supervised --depth resnet101 --cpus 2 --calls 30 \
+  python benchmarks/speed/step_ab.py --method supervised --depth resnet101 --cpus 2 --calls 30 \
       --variant jax= --torch eager
 
 Both frameworks then share the process and its CPUs. Between calls each one's threads wait
@@ -60,7 +60,7 @@ import time
 from typing import Any, Dict, List, Sequence, Tuple
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
+_ROOT = os.path.dirname(os.path.dirname(_HERE))
 for _p in (_HERE, _ROOT):
   if _p not in sys.path:
     sys.path.insert(0, _p)
@@ -258,8 +258,7 @@ def main(argv=None) -> List[Dict[str, Any]]:
   args, variants = parse_args(argv)
   pinned = C.pin_cpus(args.cpus)
   if args.host_malloc == "tuned":
-    from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
-    host_malloc.reexec_with_hugepages()  # glibc reads its tunables at process start only
+    C.reexec_with_hugepages()  # glibc reads its tunables at process start only
   malloc = C.set_host_malloc(args.host_malloc, check_platform=True)
   if args.torch:
     # On a GPU both frameworks allocate on the same device: JAX must not take 75% of its

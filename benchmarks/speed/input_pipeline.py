@@ -11,7 +11,7 @@ data needed), prepares it with the project's TFDS builders, then times
 * ``cityscapes_1024x512``: AdaptSegNet target stream, 2048x1024 PNGs resized to 1024x512,
   no labels, BGR, batch 1.
 
-Example: ``python benchmarks/input_pipeline.py --workers 0,1,2 --batches 20``.
+Example: ``python benchmarks/speed/input_pipeline.py --workers 0,1,2 --batches 20``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from advseg_jax import data  # noqa: E402
 from advseg_jax.data import image_io  # noqa: E402

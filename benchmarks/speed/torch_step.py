@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Step throughput of the originals' training iteration in PyTorch (the baseline for
-benchmarks/step_throughput.py).
+benchmarks/speed/step_throughput.py).
 
-The modules and losses come from tests/torch_reference.py (Res_Deeplab, DeeplabMulti,
-FCDiscriminator, CrossEntropy2d, BCEWithLogitsLoss2d); the iteration follows ORIGINALS.md:
+The modules and losses come from tests/torch_ref/models.py (Res_Deeplab, DeeplabMulti,
+FCDiscriminator, CrossEntropy2d, BCEWithLogitsLoss2d); the iteration follows docs/FIDELITY.md:
 
   supervised  zero grads; CE(up(G(x)), y).backward(); SGD step.
   advsemi     §6.3 with every branch on (semi_start = semi_start_adv = 0, d_remain): D frozen;
@@ -44,7 +44,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
+_ROOT = os.path.dirname(os.path.dirname(_HERE))
 for _p in (_HERE, _ROOT):
   if _p not in sys.path:
     sys.path.insert(0, _p)
@@ -64,10 +64,9 @@ def build_step(case: Dict[str, Any]):
   """Returns (step(i) -> None, sync(), info dict) for one case."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  tests_dir = os.path.join(_ROOT, "tests")
-  if tests_dir not in sys.path:
-    sys.path.insert(0, tests_dir)
-  import torch_reference as R  # pylint: disable=import-outside-toplevel
+  if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+  from tests.torch_ref import models as R  # pylint: disable=import-outside-toplevel
 
   method, precision, variant = case["method"], case["precision"], case["variant"]
   device = torch.device(case["device"])

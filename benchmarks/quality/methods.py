@@ -1,10 +1,10 @@
 """Whole training runs of every method, several seeds each: mean +/- std mIoU and curves.
 
-    python benchmarks/methods.py                         # shapes, CPU profile, 8 methods x 3 seeds
-    python benchmarks/methods.py --profile gpu           # the larger shapes table (one GPU)
-    python benchmarks/methods.py --preset voc --data_dir ~/tensorflow_datasets \\
+    python benchmarks/quality/methods.py                         # shapes, CPU profile, 8 methods x 3 seeds
+    python benchmarks/quality/methods.py --profile gpu           # the larger shapes table (one GPU)
+    python benchmarks/quality/methods.py --preset voc --data_dir ~/tensorflow_datasets \\
         --init_checkpoint resnet101COCO-41f33a49.pth     # AdvSemiSeg Table (VOC 1/8)
-    python benchmarks/methods.py --preset gta5 --data_dir ~/tensorflow_datasets \\
+    python benchmarks/quality/methods.py --preset gta5 --data_dir ~/tensorflow_datasets \\
         --init_checkpoint DeepLab_resnet_pretrained_init-f81d91e8.pth   # AdaptSegNet GTA5->CS
 
 Each run is `python -m advseg_jax train --config CONFIG --workdir OUT/PRESET-PROFILE/RUN/seedS
@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # ----------------------------------------------------------------------------- method table
 # letter -> (short name, description, config file, preset argument, extra overrides)
@@ -73,7 +73,7 @@ PRESET_RUNS: Dict[str, Dict[str, Tuple[str, str, Dict[str, Any]]]] = {
         "h": (GTA5, "lsgan", {}),
     },
 }
-# Published mIoU (%) the real presets should reproduce: ORIGINALS.md §9.1 / §9.2
+# Published mIoU (%) the real presets should reproduce: docs/FIDELITY.md §9.1 / §9.2
 # (V = verified source, U = unverified recollection of the paper's table).
 EXPECTED = {
     "voc": {"a": "73.6 (V)", "b": "66.0 (U)", "c": "67.6 (U)",
@@ -121,7 +121,7 @@ profiles (shapes):
   The real presets (voc, gta5) ignore the profile and keep the originals' schedules
   (VOC 20000 steps at batch 10; GTA5 150000 of 250000 steps at batch 1): days per run.
 
-expected figures of the real presets (mIoU %, ORIGINALS.md §9; V verified, U unverified):
+expected figures of the real presets (mIoU %, docs/FIDELITY.md §9; V verified, U unverified):
   voc  (ResNet-101 from resnet101COCO, 1/8 labelled, VOC 2012 val, 'voc' mean):
        a 73.6 (V)   b 66.0 (U)   c 67.6 (U)   d 69.5 (V, BMVC paper; README value 68.8)
   gta5 (ResNet-101 from DeepLab_resnet_pretrained_init, Cityscapes val, nanmean of 19):
@@ -130,16 +130,16 @@ expected figures of the real presets (mIoU %, ORIGINALS.md §9; V verified, U un
   the table reports the final step's mIoU, and the curve shows every evaluation.
 
 examples:
-  python benchmarks/methods.py --seeds 3 --methods b,d --steps 200   # quick look at one gap
-  python benchmarks/methods.py --report_only                          # table+plot from runs
-  python benchmarks/methods.py --set method.lambda_adv=0.1 --out runs/methods_ladv0.1
+  python benchmarks/quality/methods.py --seeds 3 --methods b,d --steps 200   # quick look at one gap
+  python benchmarks/quality/methods.py --report_only                          # table+plot from runs
+  python benchmarks/quality/methods.py --set method.lambda_adv=0.1 --out runs/methods_ladv0.1
 """
 
 
 # ----------------------------------------------------------------------------- arguments
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog="python benchmarks/methods.py",
+      prog="python benchmarks/quality/methods.py",
       description=("Train and evaluate each method over several seeds; print mean +/- std "
                    "mIoU and plot mIoU against steps. Resumable: finished runs are skipped."),
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP_EPILOG)
@@ -459,7 +459,7 @@ def plot(args: argparse.Namespace, rows: Dict[str, Any], path: str) -> Optional[
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
   n = max(r["num_seeds"] for r in rows.values())
-  fig.suptitle(f"benchmarks/methods.py --preset {args.preset} --profile {args.profile} "
+  fig.suptitle(f"benchmarks/quality/methods.py --preset {args.preset} --profile {args.profile} "
                f"({n} seeds)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
@@ -491,7 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       plan.append((letter, seed, wd, config_arg, ov))
   if args.preset != "shapes" and not args.init_checkpoint:
     print("warning: no --init_checkpoint: the papers' figures assume the pretrained "
-          "ResNet-101 (ORIGINALS.md §3.2); without it the runs start from random weights")
+          "ResNet-101 (docs/FIDELITY.md §3.2); without it the runs start from random weights")
 
   t_all = time.time()
   failures = []
@@ -537,7 +537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   comps = comparisons(rows)
   total_wall = sum(r["wall_s_total"] for r in rows.values())
   md = markdown(args, rows, comps, total_wall)
-  cmdline = "python benchmarks/methods.py " + " ".join(
+  cmdline = "python benchmarks/quality/methods.py " + " ".join(
       sys.argv[1:] if argv is None else list(argv))
   print()
   print(md)

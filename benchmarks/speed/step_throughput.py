@@ -8,17 +8,17 @@ utilisation against the device's peak, and peak device memory, in float32 and bf
 
 Methods, all branches on:
   supervised  CE on the labelled batch (no D).
-  advsemi     AdvSemiSeg (ORIGINALS.md §6.3) with semi_start = semi_start_adv = 0: unlabelled
+  advsemi     AdvSemiSeg (docs/FIDELITY.md §6.3) with semi_start = semi_start_adv = 0: unlabelled
               branch (semi CE on confidence-masked pseudo-labels + semi-adv), labelled CE + adv,
               D on fake = labelled + unlabelled predictions (d_remain) and real = one-hot GT.
   adaptseg    AdaptSegNet multi-level (§7.2): DeeplabMulti, source CE (main + 0.1 aux), target
               adversarial terms on both levels, two discriminators.
 
 Examples:
-  python benchmarks/step_throughput.py                           # cpu-small, tiny depth, f32
-  python benchmarks/step_throughput.py --preset cpu-small --depth resnet101 --dtypes float32,bfloat16
-  python benchmarks/step_throughput.py --preset original --dtypes float32,bfloat16   # on a GPU
-  python benchmarks/step_throughput.py --preset original --methods adaptseg --compile_only
+  python benchmarks/speed/step_throughput.py                           # cpu-small, tiny depth, f32
+  python benchmarks/speed/step_throughput.py --preset cpu-small --depth resnet101 --dtypes float32,bfloat16
+  python benchmarks/speed/step_throughput.py --preset original --dtypes float32,bfloat16   # on a GPU
+  python benchmarks/speed/step_throughput.py --preset original --methods adaptseg --compile_only
 
 Each case runs in its own child process (fresh peak-memory counters, an OOM kills one case
 only) unless --in_process is given. See benchmarks/README.md for what each column means.
@@ -34,7 +34,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
+_ROOT = os.path.dirname(os.path.dirname(_HERE))
 for _p in (_HERE, _ROOT):
   if _p not in sys.path:
     sys.path.insert(0, _p)

@@ -46,7 +46,7 @@ class Shape:
     return s
 
 
-# Presets: per-device shapes. 'original' = the originals' training shapes (ORIGINALS.md §6.1
+# Presets: per-device shapes. 'original' = the originals' training shapes (docs/FIDELITY.md §6.1
 # batch 10 at 321x321; §7.1 batch 1 at 720x1280 source + 512x1024 target). 'large' = bigger
 # per-device batches for a big accelerator. 'cpu-small' = small shapes that a 2-core CPU
 # runs in seconds (the originals' aspect ratios, odd sizes like 321).
@@ -191,21 +191,38 @@ def pin_cpus(n: Optional[int]) -> Optional[List[int]]:
 
 
 HOST_MALLOC_CHOICES = ("tuned", "default")
-HOST_MALLOC_HELP = ("host allocator of each case's process: tuned = advseg_jax.kernels.host_malloc "
-                    "(glibc backs its memory with transparent huge pages and keeps scratch "
-                    "buffers up to 64 MB mapped between steps, as `python -m advseg_jax` does "
-                    "on CPU), default = glibc's defaults. Both sides of compare.py get the same "
+HOST_MALLOC_HELP = ("host allocator of each case's process: tuned = "
+                    "advseg_jax.kernels.host_malloc (glibc backs its memory with transparent "
+                    "huge pages and keeps scratch buffers up to 64 MB mapped between steps), "
+                    "default = glibc's defaults. Both sides of compare.py get the same "
                     "setting. Default tuned.")
 
 
 def host_malloc_child_env(choice: Optional[str], env: Optional[dict], *,
                           check_platform: bool) -> Optional[dict]:
   """Parent side: the environment for a case's child process. 'tuned' adds glibc's huge-page
-  tunable (read at process start only), as `python -m advseg_jax` does by re-executing."""
+  tunable (read at process start only)."""
   from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
   if (choice or "tuned") != "tuned" or host_malloc.skip_reason(check_platform) is not None:
     return env
   return host_malloc.hugepage_environment(env)
+
+
+def reexec_with_hugepages() -> None:
+  """Process entry of a benchmark: re-executes this process, same interpreter and arguments,
+  with `host_malloc.hugepage_environment()` (glibc reads its tunables at process start only)
+  when `host_malloc.skip_reason()` is None and huge pages are not requested yet. Returns
+  without doing anything otherwise (also after the re-exec: the marker variable stops a loop
+  where glibc ignores the tunable)."""
+  from advseg_jax.kernels import host_malloc  # pylint: disable=import-outside-toplevel
+  if host_malloc.TUNABLE_MARKER in os.environ or host_malloc.skip_reason() is not None:
+    return
+  argv = list(getattr(sys, "orig_argv", None) or [])
+  if not argv:
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, argv, host_malloc.hugepage_environment())
 
 
 def set_host_malloc(choice: Optional[str], *, check_platform: bool) -> str:

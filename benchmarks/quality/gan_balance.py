@@ -7,7 +7,7 @@ D(real) / D(fake), the gradient norms of G's segmentation and adversarial terms,
 warnings the run printed) and writes one figure (D loss, D(real) and D(fake), mIoU against
 steps). This is what README "When the discriminator wins" shows.
 
-    python benchmarks/gan_balance.py --out runs/gan_balance          # ~10 min on 2 CPU cores
+    python benchmarks/quality/gan_balance.py --out runs/gan_balance          # ~10 min on 2 CPU cores
 
 Runs whose `summary.json` exists are not trained again (delete the folder to redo one).
 """
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from typing import Dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WARN_KEYS = ("D wins", "D collapsed")
 COLUMNS = ("d/loss", "d/acc_real", "d/acc_fake", "d/out_real", "d/out_fake", "g/loss_seg",
            "g/loss_adv", "g/grad_norm_seg", "g/grad_norm_adv")

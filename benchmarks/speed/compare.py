@@ -2,9 +2,9 @@
 """Runs the JAX engine step (step_throughput.py) and the PyTorch step (torch_step.py) on the
 same shapes and prints one table: ms/iteration of each and the JAX speed-up.
 
-  python benchmarks/compare.py                                   # cpu-small preset, tiny depth
-  python benchmarks/compare.py --preset cpu-small --depth resnet101 --dtypes float32,bfloat16
-  python benchmarks/compare.py --preset original --dtypes float32,bfloat16 \\
+  python benchmarks/speed/compare.py                                   # cpu-small preset, tiny depth
+  python benchmarks/speed/compare.py --preset cpu-small --depth resnet101 --dtypes float32,bfloat16
+  python benchmarks/speed/compare.py --preset original --dtypes float32,bfloat16 \\
       --variants eager,channels_last,compile --json results/gpu.json       # on a GPU machine
 
 With `--rounds N` every case runs N times, the two sides' processes alternating (JAX first
