@@ -61,9 +61,11 @@ _BUILDER_MODULES = {
     "gta5": "advseg_jax.data.builders.gta5",
     "synthia": "advseg_jax.data.builders.synthia",
     "shapes": "advseg_jax.data.builders.shapes",
+    "digits_m": "advseg_jax.data.builders.digits_m",
 }
-DEFAULT_CONFIGS = {"synthia": "16", "shapes": "source"}
-CONFIG_NAMES = {"synthia": ("16", "13"), "shapes": ("source", "target")}
+DEFAULT_CONFIGS = {"synthia": "16", "shapes": "source", "digits_m": "source"}
+CONFIG_NAMES = {"synthia": ("16", "13"), "shapes": ("source", "target"),
+                "digits_m": ("source", "target")}
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -121,6 +123,12 @@ def get_info(name: str, config_name: Optional[str] = None) -> DatasetInfo:
         name, config_name, "advseg_shapes", len(labels.SHAPES_CLASS_NAMES),
         labels.SHAPES_CLASS_NAMES, labels.SHAPES_PALETTE, default_channel_order="RGB",
         needs_manual_download=False)
+  if name == "digits_m":  # classes: background, digits 0-9 (builders/digits_m/render.py)
+    splits = ("train", "validation") + (("test",) if config_name == "target" else ())
+    return DatasetInfo(
+        name, config_name, "advseg_digits_m", 11, ("background",) + tuple("0123456789"),
+        labels.voc_palette(11), default_channel_order="RGB", splits=splits,
+        labelled_splits=splits, needs_manual_download=False)
   raise AssertionError(name)
 
 

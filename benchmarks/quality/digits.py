@@ -1,0 +1,561 @@
+"""The `digits_m` quality table (issue 22): does adversarial training beat its baseline on
+real digits with a real appearance shift?
+
+    pip install -e ".[digits]"                      # scikit-learn + scikit-image (the data)
+    python benchmarks/quality/digits.py --quick     # 1 seed per cell, short runs (a smoke test)
+    python benchmarks/quality/digits.py             # the table: 13 cells x 5 seeds
+    python benchmarks/quality/digits.py --report_only --docs docs   # table + PNGs from runs
+
+Cells (`configs/digits.py`): semi-supervised on `digits_m/source` at 1/16 and 1/8 labels
+(supervised, AdvSemiSeg L_adv, AdvSemiSeg L_adv + L_semi) and with all labels (ceiling),
+evaluated on source validation; domain adaptation `digits_m/source -> digits_m/target`
+(source only, source only with target BN statistics, AdaptSegNet single-level, multi-level,
+LS-GAN, and the target-supervised oracle), evaluated on target validation. The test split of
+`digits_m/target` is never read here.
+
+Each run is `python -m advseg_jax train --config configs/digits.py:CELL --workdir
+OUT/TAG/CELL/seedS --config.seed=S ...` in a child process (log in RUN/train.log). The seed
+fixes the labelled subset and the initialisation, so a method and its baseline pair by seed.
+Resumable: a run whose `summary.json` says it finished at the requested step is kept, an
+unfinished one resumes from its checkpoint. The run bookkeeping (summaries, curves, mean and
+std, the train command) is `benchmarks/quality/methods.py`'s; this script adds the paired statistics.
+
+Reported: mean and sample std of the final mIoU per cell; for each method against its
+baseline the paired difference over common seeds with its 95% Student-t interval and the
+one-sided p-value (H1: method > baseline); for the adaptation methods the share of the
+source-only -> oracle gap closed, (method - source only) / (oracle - source only), against
+the better source-only cell. Written to OUT/TAG: digits.md, digits.json, digits_curves.png
+(mean mIoU vs step, +/- 1 std bands) and digits_samples.png (first seed: source rendering and
+target image of a scene, ground truth, source-only and best adapted predictions).
+
+Hyper-parameters: the originals' adversarial weights and D learning rate in every cell; no
+search was run (the issue allows one on a validation split, never on test: `--set
+method.lambda_adv=...` with a fresh `--out` per value, and report both). No shared source
+pretraining of the backbone either: every cell starts from the seed's random initialisation.
+
+Cost (not measured end to end): at batch 8 on 96x96 scenes a supervised step took ~0.3 s and
+an adversarial step ~0.9-1.4 s on 2 CPU cores shared with other jobs (load 4-7); the full
+table is 65 runs of 1500 steps (many hours on 2 cores; `--steps` shortens every cell alike),
+`--quick` is 13 runs of 200 steps, planned for <= 20 minutes on 2 idle cores.
+
+BN statistics of the source-only baseline: `source_only` is scored with its stored running
+statistics (source statistics). The library cannot recompute BN statistics on the target at
+evaluation time (no AdaBN-style re-estimation in its evaluator), so the second treatment is
+`source_only_tbn`: target images pass through G in train mode during training (the
+AdaptSegNet run with adversarial weights 0), so the stored statistics mix both domains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def _load_shared():
+  """`benchmarks/quality/methods.py` (run bookkeeping shared with the shapes table)."""
+  spec = importlib.util.spec_from_file_location(
+      "benchmarks_methods", os.path.join(REPO, "benchmarks", "quality", "methods.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+shared = _load_shared()
+
+CONFIG = "configs/digits.py"
+SOURCE_VAL = "digits_m/source validation"
+TARGET_VAL = "digits_m/target validation"
+# cell -> (description, evaluated on)
+CELLS: Dict[str, Tuple[str, str]] = {
+    "sup_1/16": ("supervised, 1/16 labels", SOURCE_VAL),
+    "adv_1/16": ("AdvSemiSeg L_adv, 1/16 labels", SOURCE_VAL),
+    "semi_1/16": ("AdvSemiSeg L_adv + L_semi, 1/16 labels", SOURCE_VAL),
+    "sup_1/8": ("supervised, 1/8 labels", SOURCE_VAL),
+    "adv_1/8": ("AdvSemiSeg L_adv, 1/8 labels", SOURCE_VAL),
+    "semi_1/8": ("AdvSemiSeg L_adv + L_semi, 1/8 labels", SOURCE_VAL),
+    "sup_full": ("supervised, all labels (ceiling)", SOURCE_VAL),
+    "source_only": ("source only, stored (source) BN statistics", TARGET_VAL),
+    "source_only_tbn": ("source only, target images in BN statistics", TARGET_VAL),
+    "single": ("AdaptSegNet single-level", TARGET_VAL),
+    "multi": ("AdaptSegNet multi-level", TARGET_VAL),
+    "lsgan": ("AdaptSegNet single-level LS-GAN", TARGET_VAL),
+    "oracle": ("supervised on target labels (ceiling)", TARGET_VAL),
+}
+SEMI_CELLS = ("sup_1/16", "adv_1/16", "semi_1/16", "sup_1/8", "adv_1/8", "semi_1/8",
+              "sup_full")
+SOURCE_ONLY = ("source_only", "source_only_tbn")
+ADAPT_METHODS = ("single", "multi", "lsgan")
+SEMI_COMPARISONS = (("adv_1/16", "sup_1/16"), ("semi_1/16", "sup_1/16"),
+                    ("adv_1/8", "sup_1/8"), ("semi_1/8", "sup_1/8"))
+PROFILES = {
+    # The table: the presets' schedule (configs/digits.py NUM_STEPS), whole validation split.
+    "full": {"seeds": 5, "num_steps": None, "eval_every": 150, "eval_max_examples": 0},
+    # One seed, short runs, 200 validation scenes: checks the whole pipeline, not the targets.
+    "quick": {"seeds": 1, "num_steps": 200, "eval_every": 100, "eval_max_examples": 200},
+}
+BN_NOTE = ("BN: source_only is scored with its stored (source) running statistics; the "
+           "library cannot recompute BN statistics on the target at evaluation, so "
+           "source_only_tbn (target images in the train-mode passes, adversarial weights 0) "
+           "is the second source-only treatment.")
+NUM_SAMPLES = 6
+
+
+# ----------------------------------------------------------------------------- arguments
+def parse_seeds(text: str) -> List[int]:
+  """'5' -> [0..4]; '0,3' -> [0, 3]; '7,' -> [7]."""
+  seeds = [int(x) for x in text.split(",") if x.strip()]
+  if not seeds or min(seeds) < 0:
+    raise ValueError(text)
+  return seeds if "," in text else list(range(seeds[0]))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python benchmarks/quality/digits.py",
+      description="Train every cell of the digits_m table over several seeds and report "
+                  "paired statistics. Resumable: finished runs are kept.")
+  p.add_argument("--quick", action="store_true",
+                 help="one seed per cell, 200 steps, eval on 200 scenes (a smoke run of "
+                      "the whole table, ~20 min on 2 CPU cores)")
+  p.add_argument("--cells", default="all",
+                 help=f"comma-separated cells or 'all'; cells: {', '.join(CELLS)}")
+  p.add_argument("--seeds", type=parse_seeds, default=None,
+                 help="N (seeds 0..N-1) or a comma-separated list, e.g. 0,3 or '7,'; "
+                      "default 5 (quick: 1)")
+  p.add_argument("--steps", type=int, default=None,
+                 help="steps per run (default: the profile's); semi_start scales with it")
+  p.add_argument("--out", default="runs/quality_digits", help="results directory")
+  p.add_argument("--data_dir", default=None, help="TFDS data dir (default ~/tensorflow_datasets)")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override for every run (repeatable; use a fresh --out)")
+  p.add_argument("--cache_dir", default=None,
+                 help="persistent XLA cache (default OUT/jax_cache; '' disables it)")
+  p.add_argument("--report_only", action="store_true", help="train nothing, report the runs")
+  p.add_argument("--dry_run", action="store_true", help="print the train commands and exit")
+  p.add_argument("--no_samples", action="store_true", help="skip the sample sheet")
+  p.add_argument("--docs", default=None,
+                 help="also copy the PNGs to this folder (e.g. docs) as digits_*.png")
+  args = p.parse_args(argv)
+  args.profile = "quick" if args.quick else "full"
+  if args.cells.strip().lower() == "all":
+    args.cells = list(CELLS)
+  else:
+    args.cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    bad = [c for c in args.cells if c not in CELLS]
+    if bad:
+      p.error(f"--cells: unknown {', '.join(bad)}; known: {', '.join(CELLS)}")
+  args.seeds = args.seeds or list(range(PROFILES[args.profile]["seeds"]))
+  if args.steps is not None and args.steps < 1:
+    p.error(f"--steps: expected an int >= 1, got {args.steps}")
+  for o in args.overrides:
+    if "=" not in o:
+      p.error(f"--set {o!r}: expected FIELD=VALUE")
+  return args
+
+
+# ----------------------------------------------------------------------------- runs
+def run_overrides(args: argparse.Namespace, cell: str) -> Dict[str, Any]:
+  """{field: value} of one cell's runs (seed excluded): same schedule for every cell."""
+  base = shared.load_config(CONFIG, cell)
+  prof = PROFILES[args.profile]
+  steps = int(args.steps or prof["num_steps"] or base.num_steps)
+  ov: Dict[str, Any] = {
+      "num_steps": steps,
+      "method.semi_start": int(round(int(base.method.semi_start) * steps / int(base.num_steps))),
+      "eval_every": min(int(prof["eval_every"]), steps),
+      "eval_max_examples": int(prof["eval_max_examples"]),
+      "checkpoint_every": max(1, steps // 3),
+  }
+  if args.data_dir:
+    for s in ("data", "target_data", "eval_data"):
+      ov[f"{s}.data_dir"] = os.path.abspath(os.path.expanduser(args.data_dir))
+  for o in args.overrides:
+    k, v = o.split("=", 1)
+    ov[k.strip()] = v.strip()
+  return ov
+
+
+def run_dir(root: str, cell: str, seed: int) -> str:
+  return os.path.join(root, cell.replace("/", "of"), f"seed{seed}")
+
+
+def plan_runs(args: argparse.Namespace, root: str) -> List[Dict[str, Any]]:
+  """Seed-major list of runs: after the first len(cells) runs there is a one-seed table."""
+  specs = {cell: run_overrides(args, cell) for cell in args.cells}
+  plan = []
+  for seed in args.seeds:
+    for cell in args.cells:
+      wd = run_dir(root, cell, seed)
+      ov = specs[cell]
+      plan.append({"cell": cell, "seed": seed, "workdir": wd, "stop": int(ov["num_steps"]),
+                   "cmd": shared.train_command(f"{CONFIG}:{cell}", ov, seed, wd)})
+  return plan
+
+
+def train_all(plan: List[Dict[str, Any]], env: Dict[str, str]) -> List[Tuple[str, int, str]]:
+  """Trains the unfinished runs of `plan`; returns (label, exit code, log) of failures."""
+  failures = []
+  for i, r in enumerate(plan, 1):
+    label = f"[{i}/{len(plan)}] {r['cell']} seed {r['seed']}"
+    summ = shared.read_summary(r["workdir"])
+    if shared.is_complete(summ, r["stop"]):
+      print(f"{label}: done before (mIoU {shared.pct(summ.get('miou'))}), kept")
+      continue
+    os.makedirs(r["workdir"], exist_ok=True)
+    print(f"{label}: training ...", flush=True)
+    t0 = time.time()
+    log_path = os.path.join(r["workdir"], "train.log")
+    with open(log_path, "a") as log:
+      log.write("$ " + " ".join(r["cmd"]) + "\n")
+      log.flush()
+      rc = subprocess.call(r["cmd"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    summ = shared.read_summary(r["workdir"])
+    if rc != 0 or not shared.is_complete(summ, r["stop"]):
+      failures.append((label, rc, log_path))
+      print(f"{label}: FAILED (exit {rc}); see {log_path}")
+      continue
+    print(f"{label}: mIoU {shared.pct(summ.get('miou'))} in "
+          f"{shared.fmt_seconds(time.time() - t0)}", flush=True)
+  return failures
+
+
+def collect(args: argparse.Namespace, root: str) -> Dict[str, Dict[str, Any]]:
+  """Per cell: per-seed final mIoU, mean, std, mean curve, wall time (finished runs only)."""
+  rows = {}
+  for cell in args.cells:
+    per_seed, curves, walls, steps = {}, [], [], None
+    for seed in args.seeds:
+      wd = run_dir(root, cell, seed)
+      summ = shared.read_summary(wd)
+      if not summ or summ.get("miou") is None:
+        continue
+      per_seed[seed] = float(summ["miou"])
+      curves.append(dict(shared.read_curve(wd)))
+      walls.append(float(summ.get("wall_time_s") or float("nan")))
+      steps = int(summ.get("final_step") or 0)
+    mean, std = shared.mean_std(list(per_seed.values()))
+    common = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
+    curve = [(st, *shared.mean_std([c[st] for c in curves])) for st in common]
+    rows[cell] = {"description": CELLS[cell][0], "eval_set": CELLS[cell][1], "mean": mean,
+                  "std": std, "per_seed": per_seed, "num_seeds": len(per_seed),
+                  "steps": steps, "wall_s_mean": shared.mean_std(walls)[0], "curve": curve}
+  return rows
+
+
+# ----------------------------------------------------------------------------- statistics
+def _betacf(a: float, b: float, x: float) -> float:
+  """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
+  tiny = 1e-300
+  c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+  d = 1.0 / (d if abs(d) > tiny else tiny)
+  h = d
+  for m in range(1, 300):
+    for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+      d = 1.0 + num * d
+      d = 1.0 / (d if abs(d) > tiny else tiny)
+      c = 1.0 + num / c
+      c = c if abs(c) > tiny else tiny
+      h *= d * c
+    if abs(d * c - 1.0) < 1e-15:
+      break
+  return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+  """Regularised incomplete beta I_x(a, b)."""
+  if x <= 0.0:
+    return 0.0
+  if x >= 1.0:
+    return 1.0
+  ln = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
+        + b * math.log1p(-x))
+  if x < (a + 1.0) / (a + b + 2.0):
+    return math.exp(ln) * _betacf(a, b, x) / a
+  return 1.0 - math.exp(ln) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+  """P(T <= t) for Student's t with `df` degrees of freedom."""
+  tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+  return 1.0 - tail if t >= 0 else tail
+
+
+def t_ppf(q: float, df: float) -> float:
+  """The `q` quantile of Student's t (bisection on `t_cdf`)."""
+  lo, hi = -1e3, 1e3
+  for _ in range(200):
+    mid = 0.5 * (lo + hi)
+    if t_cdf(mid, df) < q:
+      lo = mid
+    else:
+      hi = mid
+  return 0.5 * (lo + hi)
+
+
+def paired(method: Dict[int, float], baseline: Dict[int, float]) -> Dict[str, Any]:
+  """Paired difference over common seeds: mean, std, 95% t interval, one-sided p (m > b)."""
+  seeds = sorted(set(method) & set(baseline))
+  diffs = [method[s] - baseline[s] for s in seeds]
+  out: Dict[str, Any] = {"seeds": seeds, "n": len(diffs), "diffs": diffs, "mean": float("nan"),
+                         "std": float("nan"), "ci95": None, "p_one_sided": None}
+  if not diffs:
+    return out
+  out["mean"], out["std"] = shared.mean_std(diffs)
+  n = len(diffs)
+  if n < 2:
+    return out
+  se = out["std"] / math.sqrt(n)
+  if se == 0.0:
+    out["ci95"] = (out["mean"], out["mean"])
+    out["p_one_sided"] = 0.0 if out["mean"] > 0 else 1.0
+    return out
+  half = t_ppf(0.975, n - 1) * se
+  out["ci95"] = (out["mean"] - half, out["mean"] + half)
+  out["p_one_sided"] = 1.0 - t_cdf(out["mean"] / se, n - 1)
+  return out
+
+
+def best_of(rows: Dict[str, Dict[str, Any]], cells: Sequence[str]) -> Optional[str]:
+  """The cell of `cells` with the highest mean (None when none has a run)."""
+  have = [c for c in cells if c in rows and rows[c]["num_seeds"]]
+  return max(have, key=lambda c: rows[c]["mean"]) if have else None
+
+
+def gap_closed(method: float, source_only: float, oracle: float) -> float:
+  """(method - source only) / (oracle - source only); NaN when the gap is not positive."""
+  gap = oracle - source_only
+  return (method - source_only) / gap if gap > 0 else float("nan")
+
+
+def comparisons(rows: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """Each method against its baseline; adaptation methods against both source-only cells."""
+  pairs = [(m, b) for m, b in SEMI_COMPARISONS]
+  pairs += [(m, b) for m in ADAPT_METHODS for b in SOURCE_ONLY]
+  best_so = best_of(rows, SOURCE_ONLY)
+  oracle = rows.get("oracle", {}).get("mean", float("nan")) if "oracle" in rows else float("nan")
+  out = []
+  for m, b in pairs:
+    if m not in rows or b not in rows or not rows[m]["num_seeds"] or not rows[b]["num_seeds"]:
+      continue
+    c = {"method": m, "baseline": b, "best_baseline": b == best_so,
+         **paired(rows[m]["per_seed"], rows[b]["per_seed"])}
+    if m in ADAPT_METHODS:
+      c["gap_closed"] = gap_closed(rows[m]["mean"], rows[b]["mean"], oracle)
+    out.append(c)
+  return out
+
+
+# ----------------------------------------------------------------------------- report
+def _fmt_p(p: Optional[float]) -> str:
+  if p is None or not math.isfinite(p):
+    return "n/a"
+  return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
+def _fmt_ci(ci: Optional[Tuple[float, float]]) -> str:
+  return "n/a" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def markdown(args: argparse.Namespace, rows: Dict[str, Dict[str, Any]],
+             comps: List[Dict[str, Any]]) -> str:
+  pct = shared.pct
+  lines = ["| cell | description | evaluated on | mIoU % mean ± std | per seed | seeds | steps "
+           "| wall / run |", "|---|---|---|---|---|---|---|---|"]
+  for cell, r in rows.items():
+    seeds = ", ".join(pct(v) for _, v in sorted(r["per_seed"].items())) or "-"
+    ms = f"{pct(r['mean'])} ± {pct(r['std'])}" if r["num_seeds"] else "not run"
+    lines.append(f"| {cell} | {r['description']} | {r['eval_set']} | {ms} | {seeds} | "
+                 f"{r['num_seeds']} | {r['steps'] or '-'} | "
+                 f"{shared.fmt_seconds(r['wall_s_mean'])} |")
+  lines += ["", f"Final-step mIoU (nanmean over 11 classes), mean ± sample std over seeds "
+                f"{','.join(str(s) for s in args.seeds)} (profile {args.profile}).", ""]
+  if comps:
+    lines += ["| method vs baseline | paired diff (points) | 95% interval | one-sided p | "
+              "pairs | gap closed |", "|---|---|---|---|---|---|"]
+    for c in comps:
+      star = " (best source only)" if c["best_baseline"] else ""
+      gap = c.get("gap_closed")
+      gap_s = "-" if gap is None else ("n/a" if not math.isfinite(gap) else f"{100 * gap:.0f}%")
+      diff = "n/a" if not math.isfinite(c["mean"]) else f"{100 * c['mean']:+.1f}"
+      lines.append(f"| {c['method']} vs {c['baseline']}{star} | {diff} | {_fmt_ci(c['ci95'])} "
+                   f"| {_fmt_p(c['p_one_sided'])} | {c['n']} | {gap_s} |")
+    lines += ["", "Paired over seeds (same labelled subset and initialisation); interval: "
+                  "Student t on the per-seed differences; p: one-sided t test, H1 method > "
+                  "baseline. Gap closed: (method - source only) / (oracle - source only), "
+                  "by means."]
+  lines += ["", BN_NOTE]
+  return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print("matplotlib is not installed: no plots")
+    return None
+  return plt
+
+
+def plot_curves(rows: Dict[str, Dict[str, Any]], path: str, title: str) -> Optional[str]:
+  """Mean mIoU vs step per cell with +/- 1 std bands, one panel per group."""
+  plt = _pyplot()
+  groups = [(SEMI_CELLS, f"semi-supervised ({SOURCE_VAL})"),
+            (SOURCE_ONLY + ADAPT_METHODS + ("oracle",), f"adaptation ({TARGET_VAL})")]
+  groups = [(g, t) for g, t in groups if any(rows.get(c, {}).get("curve") for c in g)]
+  if plt is None or not groups:
+    return None
+  fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 3.8), squeeze=False)
+  for ax, (cells, name) in zip(axes[0], groups):
+    for cell in cells:
+      r = rows.get(cell)
+      if not r or not r["curve"]:
+        continue
+      st = [p[0] for p in r["curve"]]
+      mu = [100 * p[1] for p in r["curve"]]
+      sd = [100 * p[2] for p in r["curve"]]
+      line, = ax.plot(st, mu, lw=1.4, label=f"{cell}: {shared.pct(r['mean'])}")
+      ax.fill_between(st, [a - b for a, b in zip(mu, sd)], [a + b for a, b in zip(mu, sd)],
+                      color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mIoU % (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def _predict(model_dir: str, inputs: str, out: str, env: Dict[str, str]) -> bool:
+  cmd = [sys.executable, "-m", "advseg_jax", "predict", inputs, "-c", model_dir, "-o", out,
+         "--mode", "native"]
+  return subprocess.call(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.STDOUT) == 0
+
+
+def sample_sheet(root: str, rows: Dict[str, Dict[str, Any]], seed: int, path: str,
+                 env: Dict[str, str]) -> Optional[str]:
+  """Source rendering / target image / ground truth / source-only / adapted predictions."""
+  so, ad = best_of(rows, SOURCE_ONLY), best_of(rows, ADAPT_METHODS)
+  plt = _pyplot()
+  if plt is None or so is None or ad is None:
+    return None
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from advseg_jax.data import registry  # pylint: disable=import-outside-toplevel
+  from advseg_jax.data.builders.digits_m import render  # pylint: disable=import-outside-toplevel
+  inputs = os.path.join(root, "samples", "input")
+  os.makedirs(inputs, exist_ok=True)
+  scenes = []
+  for i in range(NUM_SAMPLES):
+    img, lab, digits = render.render_example("target", "validation", i)
+    v, _ = render.render_digits(digits)
+    Image.fromarray(img).save(os.path.join(inputs, f"scene{i}.png"))
+    scenes.append((np.repeat(np.rint(255 * v).astype(np.uint8)[..., None], 3, -1), img, lab))
+  preds = {}
+  for cell in (so, ad):
+    out = os.path.join(root, "samples", cell.replace("/", "of"))
+    model = os.path.join(run_dir(root, cell, seed), "final_model")
+    if not os.path.isdir(model) or not _predict(model, inputs, out, env):
+      print(f"sample sheet: no predictions from {model}")
+      return None
+    preds[cell] = [np.array(Image.open(os.path.join(out, f"scene{i}.png")))
+                   for i in range(NUM_SAMPLES)]
+  pal = np.concatenate([registry.get_info("digits_m").palette,
+                        np.full((245, 3), 255, np.uint8)])
+  cols = ["source look", "target image", "ground truth", f"{so} (seed {seed})",
+          f"{ad} (seed {seed})"]
+  fig, axes = plt.subplots(NUM_SAMPLES, 5, figsize=(9, 1.9 * NUM_SAMPLES), squeeze=False)
+  for i, (src, img, lab) in enumerate(scenes):
+    for j, im in enumerate((src, img, pal[lab], pal[preds[so][i]], pal[preds[ad][i]])):
+      axes[i][j].imshow(im)
+      axes[i][j].axis("off")
+      if i == 0:
+        axes[i][j].set_title(cols[j], fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
+# ----------------------------------------------------------------------------- main
+def child_env(args: argparse.Namespace) -> Dict[str, str]:
+  env = dict(os.environ)
+  if args.cache_dir != "" and "JAX_COMPILATION_CACHE_DIR" not in env:
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(
+        args.cache_dir or os.path.join(args.out, "jax_cache"))
+  env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+  return env
+
+
+def write_report(args: argparse.Namespace, root: str, env: Dict[str, str]) -> Dict[str, Any]:
+  rows = collect(args, root)
+  comps = comparisons(rows)
+  md = markdown(args, rows, comps)
+  print()
+  print(md)
+  cmdline = "python benchmarks/quality/digits.py " + " ".join(args.argv)
+  with open(os.path.join(root, "digits.md"), "w") as f:
+    f.write(f"`{cmdline.strip()}`\n\n{md}")
+  result = {"profile": args.profile, "seeds": args.seeds, "command": cmdline.strip(),
+            "rows": rows, "comparisons": comps, "bn_note": BN_NOTE,
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpus": os.cpu_count()},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+  with open(os.path.join(root, "digits.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  pngs = [plot_curves(rows, os.path.join(root, "digits_curves.png"),
+                      f"benchmarks/quality/digits.py ({args.profile}, seeds {args.seeds})")]
+  if not args.no_samples:
+    pngs.append(sample_sheet(root, rows, args.seeds[0],
+                             os.path.join(root, "digits_samples.png"), env))
+  for png in filter(None, pngs):
+    if args.docs:
+      os.makedirs(args.docs, exist_ok=True)
+      shutil.copyfile(png, os.path.join(args.docs, os.path.basename(png)))
+  print(f"wrote {root}/digits.md, digits.json" +
+        "".join(f", {os.path.basename(p)}" for p in pngs if p))
+  return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
+  args.argv = list(sys.argv[1:] if argv is None else argv)
+  tag = args.profile + (f"-{args.steps}steps" if args.steps else "")
+  root = os.path.abspath(os.path.join(args.out, tag))
+  os.makedirs(root, exist_ok=True)
+  env = child_env(args)
+  plan = plan_runs(args, root)
+  if args.dry_run:
+    for r in plan:
+      print(f"{r['cell']} seed {r['seed']}:\n  " + " ".join(r["cmd"]))
+    return 0
+  failures = []
+  if not args.report_only:
+    print(f"{len(plan)} runs ({len(args.cells)} cells x {len(args.seeds)} seeds) -> {root}")
+    failures = train_all(plan, env)
+  write_report(args, root, env)
+  for label, rc, path in failures:
+    print(f"FAILED {label}: exit {rc}, log {path}")
+  return 1 if failures else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,165 @@
+"""benchmarks/quality/digits.py: its statistics, report and resumability on fake run
+summaries (no training)."""
+
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "quality", "digits.py")
+
+
+@pytest.fixture(scope="module")
+def digits():
+  spec = importlib.util.spec_from_file_location("bench_quality_digits", _PATH)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+# Student t quantiles / tails from tables (scipy.stats.t), to 1e-6.
+@pytest.mark.parametrize("df,q,t", [(1, 0.975, 12.706205), (4, 0.975, 2.776445),
+                                    (4, 0.95, 2.131847), (9, 0.975, 2.262157),
+                                    (30, 0.995, 2.749996)])
+def test_t_quantiles(digits, df, q, t):
+  assert digits.t_ppf(q, df) == pytest.approx(t, abs=1e-5)
+  assert digits.t_cdf(t, df) == pytest.approx(q, abs=1e-7)
+  assert digits.t_cdf(-t, df) == pytest.approx(1 - q, abs=1e-7)
+
+
+def test_paired_matches_a_paired_t_test(digits):
+  m = {0: .50, 1: .55, 2: .52, 3: .60, 4: .51, 7: .9}   # seed 7 has no baseline: unpaired
+  b = {0: .45, 1: .50, 2: .50, 3: .52, 4: .50, 5: .1}
+  r = digits.paired(m, b)
+  assert r["seeds"] == [0, 1, 2, 3, 4] and r["n"] == 5
+  assert r["mean"] == pytest.approx(0.042) and r["std"] == pytest.approx(0.02774887)
+  # scipy.stats.ttest_rel(m, b, alternative="greater"): t = 3.38446, p = 0.0138356
+  assert r["p_one_sided"] == pytest.approx(0.0138356, abs=1e-6)
+  half = 2.776445 * 0.02774887 / math.sqrt(5)
+  assert r["ci95"] == pytest.approx((0.042 - half, 0.042 + half), abs=1e-7)
+
+
+def test_paired_edge_cases(digits):
+  one = digits.paired({0: .6}, {0: .5})
+  assert one["n"] == 1 and one["mean"] == pytest.approx(.1) and one["p_one_sided"] is None
+  same = digits.paired({0: .6, 1: .7}, {0: .5, 1: .6})
+  assert same["p_one_sided"] == 0.0 and same["ci95"] == pytest.approx((.1, .1))
+  assert digits.paired({0: .5}, {1: .5})["n"] == 0
+
+
+def test_gap_closed(digits):
+  assert digits.gap_closed(0.3, 0.1, 0.5) == pytest.approx(0.5)
+  assert math.isnan(digits.gap_closed(0.3, 0.5, 0.5))
+
+
+def _fake_run(wd, miou, step, status="completed", curve=()):
+  os.makedirs(wd, exist_ok=True)
+  with open(os.path.join(wd, "summary.json"), "w") as f:
+    json.dump({"status": status, "final_step": step, "miou": miou, "wall_time_s": 12.0}, f)
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    for s, v in curve:
+      f.write(json.dumps({"step": s, "eval/miou": v}) + "\n")
+
+
+def _fake_table(digits, root, seeds, steps, skip=()):
+  values = {"sup_1/8": .40, "semi_1/8": .45, "adv_1/8": .41, "source_only": .10,
+            "source_only_tbn": .14, "single": .20, "multi": .22, "lsgan": .18, "oracle": .60}
+  for cell, v in values.items():
+    for s in seeds:
+      if (cell, s) in skip:
+        continue
+      val = v + 0.01 * s + (0.005 * s if cell in ("semi_1/8", "multi") else 0)
+      _fake_run(digits.run_dir(root, cell, s), val, steps,
+                curve=[(steps // 2, val / 2), (steps, val)])
+  return values
+
+
+def test_report_on_fake_runs(digits, tmp_path):
+  args = digits.parse_args(["--quick", "--seeds", "3", "--out", str(tmp_path)])
+  root = str(tmp_path / "quick")
+  _fake_table(digits, root, [0, 1, 2], 200)
+  rows = digits.collect(args, root)
+  assert rows["sup_1/16"]["num_seeds"] == 0 and rows["semi_1/8"]["num_seeds"] == 3
+  assert rows["multi"]["mean"] == pytest.approx(.22 + .015)
+  assert rows["multi"]["curve"][-1][0] == 200
+  comps = {(c["method"], c["baseline"]): c for c in digits.comparisons(rows)}
+  assert ("semi_1/16", "sup_1/16") not in comps
+  semi = comps[("semi_1/8", "sup_1/8")]
+  assert semi["mean"] == pytest.approx(.055) and semi["p_one_sided"] < 0.01
+  multi = comps[("multi", "source_only_tbn")]
+  assert multi["best_baseline"] and not comps[("multi", "source_only")]["best_baseline"]
+  assert multi["gap_closed"] == pytest.approx((.235 - .15) / (.61 - .15))
+  md = digits.markdown(args, rows, digits.comparisons(rows))
+  assert "| multi vs source_only_tbn (best source only) | +8.5 |" in md
+  assert "not run" in md and "recompute BN statistics" in md
+
+
+def test_resume_trains_only_unfinished_runs(digits, tmp_path, monkeypatch):
+  out = str(tmp_path)
+  root = str(tmp_path / "quick")
+  cells = "sup_1/8,semi_1/8,source_only,multi,oracle"
+  _fake_table(digits, root, [0], 200, skip={("multi", 0)})
+  _fake_run(digits.run_dir(root, "oracle", 0), .5, 100, status="preempted")  # unfinished
+  _fake_run(digits.run_dir(root, "sup_1/8", 0), .5, 150)  # finished at another length
+  calls = []
+
+  def fake_call(cmd, cwd, env, stdout, stderr):
+    wd = [a.split("=", 1)[1] for a in cmd if a.startswith("--workdir=")][0]
+    calls.append(wd)
+    assert env["JAX_COMPILATION_CACHE_DIR"].startswith(out)
+    _fake_run(wd, .33, 200)
+    return 0
+
+  monkeypatch.setattr(digits.subprocess, "call", fake_call)
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  rc = digits.main(["--quick", "--cells", cells, "--out", out, "--no_samples"])
+  assert rc == 0
+  assert sorted(os.path.relpath(c, root) for c in calls) == [
+      os.path.join("multi", "seed0"), os.path.join("oracle", "seed0"),
+      os.path.join("sup_1of8", "seed0")]
+  calls.clear()
+  assert digits.main(["--quick", "--cells", cells, "--out", out, "--no_samples"]) == 0
+  assert calls == []                                    # everything finished: nothing rerun
+  with open(os.path.join(root, "digits.json")) as f:
+    result = json.load(f)
+  assert result["rows"]["multi"]["per_seed"] == {"0": .33}
+  assert os.path.isfile(os.path.join(root, "digits.md"))
+
+
+def test_failed_run_is_reported(digits, tmp_path, monkeypatch):
+  monkeypatch.setattr(digits.subprocess, "call", lambda *a, **k: 1)
+  rc = digits.main(["--quick", "--cells", "sup_1/8", "--out", str(tmp_path), "--no_samples"])
+  assert rc == 1
+
+
+def test_every_cell_shares_the_schedule(digits, tmp_path):
+  args = digits.parse_args(["--seeds", "0,3", "--out", str(tmp_path), "--steps", "40"])
+  plan = digits.plan_runs(args, str(tmp_path))
+  assert len(plan) == 2 * len(digits.CELLS) and args.seeds == [0, 3]
+  for r in plan:
+    assert "--config.num_steps=40" in r["cmd"] and "--config.method.semi_start=10" in r["cmd"]
+    assert f"--config.seed={r['seed']}" in r["cmd"]
+  assert digits.parse_args([]).seeds == [0, 1, 2, 3, 4]
+  with pytest.raises(SystemExit):
+    digits.parse_args(["--cells", "nope"])
+
+
+def test_every_cell_preset_validates(digits):
+  from advseg_jax.config import validation
+  for cell in digits.CELLS:
+    for arg in (cell, cell + ",runlocal"):
+      c = digits.shared.load_config(digits.CONFIG, arg)
+      validation.validate(c, num_devices=1)
+      assert c.model.num_classes == 11 and c.data.name == "digits_m"
+      assert (c.eval_data.config_name == "target") == (digits.CELLS[cell][1] == digits.TARGET_VAL)
+    assert c.data.config_name == ("target" if cell == "oracle" else "source")
+  semi = digits.shared.load_config(digits.CONFIG, "semi_1/16")
+  sup = digits.shared.load_config(digits.CONFIG, "sup_1/16")
+  assert semi.labelled_fraction == sup.labelled_fraction == 1 / 16
+  for field in ("num_steps", "batch_size", "model.arch", "model.width", "optim_g.lr"):
+    a, b = semi, sup
+    for part in field.split("."):
+      a, b = a[part], b[part]
+    assert a == b, field
