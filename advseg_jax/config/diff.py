@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from advseg_jax.config.defaults import base_config
+
 OPERATIONAL_FIELDS = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_max_examples",
     "num_steps_stop", "parallel.mode", "model.pointwise_impl", "model.conv_dx_impl",
@@ -73,13 +75,25 @@ def is_operational(field: str) -> bool:
   return len(parts) == 2 and parts[1] in OPERATIONAL_STREAM_FIELDS
 
 
+def _default_fields() -> Dict[str, Any]:
+  return _flatten(config_to_dict(base_config()))
+
+
 def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any], *,
                        include_operational: bool = False) -> List[Tuple[str, Any, Any]]:
-  """`[(field, saved_value, new_value)]` of the fields that differ (missing = '<absent>')."""
+  """`[(field, saved_value, new_value)]` of the fields that differ (missing = '<absent>').
+
+  A field the saved config lacks and the new one holds at its `base_config()` default is no
+  difference: it was added by a later version, whose defaults reproduce the earlier
+  behaviour, so a run saved before it existed trained as the default does.
+  """
   a, b = _flatten(json_normal(saved)), _flatten(json_normal(new))
+  defaults = _default_fields()
   diffs = []
   for k in sorted(set(a) | set(b)):
     va, vb = a.get(k, ABSENT), b.get(k, ABSENT)
+    if va == ABSENT and k in defaults and vb == defaults[k]:
+      continue
     if va != vb and (include_operational or not is_operational(k)):
       diffs.append((k, va, vb))
   return diffs
