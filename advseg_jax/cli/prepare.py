@@ -20,6 +20,7 @@ from advseg_jax.data.image_io import BadExampleError
 from advseg_jax.data.prepare import prepare_dataset
 
 ERRORS = (LayoutError, BadExampleError, FileNotFoundError, KeyError, ValueError)
+MAX_LISTED = 5  # examples named on each summary line of adjusted examples
 
 
 def _doc() -> common.Help:
@@ -40,8 +41,13 @@ def _doc() -> common.Help:
           "  cityscapes: leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and\n"
           "              gtFine/{train,val}/<city>/*_gtFine_labelIds.png,\n"
           "              or leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip\n"
-          "  gta5:       images/<name>.png, labels/<name>.png, optional train.txt\n"
-          "  synthia:    RGB/<name>.png, GT/LABELS/<name>.png, optional train.txt"))
+          "  gta5:       images/<name>.png, labels/<name>.png, optional train.txt;\n"
+          "              as AdaptSegNet does, a pair of different sizes is resized to\n"
+          "              1280x720 and unknown label ids become 255 (both counted)\n"
+          "  synthia:    RGB/<name>.png, GT/LABELS/<name>.png, optional train.txt\n"
+          "  stanford_background: images/<name>.jpg, labels/<name>.regions.txt\n"
+          "              (the extracted iccv09Data folder); builder config k = 0..4 tests\n"
+          "              on fold k of a seeded 5-fold split (572 train / 143 test)"))
 
 
 def define_flags() -> flags.FlagValues:
@@ -54,7 +60,8 @@ def define_flags() -> flags.FlagValues:
                       flag_values=fv)
   flags.DEFINE_string("config", None,
                       "builder config to prepare (synthia: 16 or 13; shapes: source or "
-                      "target); default: all configs of the dataset", flag_values=fv)
+                      "target; stanford_background: the test fold, 0..4); default: all "
+                      "configs of the dataset", flag_values=fv)
   flags.DEFINE_bool("overwrite", False,
                     "rebuild even if already prepared; the old version is replaced only after "
                     "the new one is complete", flag_values=fv)
@@ -74,6 +81,9 @@ def _print_result(label: str, res) -> None:
   counts = ", ".join(f"{k}: {v}" for k, v in sorted(res.num_examples.items()))
   state = "already prepared" if res.reused else "prepared"
   print(f"{label}: {state} in {res.path} ({counts})")
+  for kind, examples in sorted(res.adjusted.items()):
+    shown = ", ".join(examples[:MAX_LISTED]) + (", ..." if len(examples) > MAX_LISTED else "")
+    print(f"{label}: {len(examples)} {kind}" + (f": {shown}" if examples else ""))
   n_skipped = sum(len(v) for v in res.skipped.values())
   if n_skipped:
     print(f"{label}: skipped {n_skipped} bad examples:")

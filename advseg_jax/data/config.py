@@ -29,7 +29,8 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
 
   Returns:
     A ConfigDict with these fields:
-      name: dataset (`voc_aug`, `cityscapes`, `gta5`, `synthia`, `shapes`).
+      name: dataset (`voc_aug`, `cityscapes`, `gta5`, `synthia`, `stanford_background`,
+        `shapes`, `digits_m`).
       config_name: builder config (`'16'`/`'13'` synthia, `'source'`/`'target'` shapes)
         or None for the dataset's default.
       data_dir: TFDS data dir (None: TFDS default, `~/tensorflow_datasets`).

@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class PrepareResult:
-  """What `prepare_dataset` did: the version folder, counts and skipped examples."""
+  """What `prepare_dataset` did: the version folder, counts, skipped and adjusted examples.
+
+  `adjusted` maps a kind of adjustment the builder made as the original code does (e.g.
+  GTA5's resized pairs and unknown ids) to the examples it was applied to; empty when the
+  data needed none or was already prepared.
+  """
 
   name: str
   config_name: Optional[str]
@@ -31,6 +36,7 @@ class PrepareResult:
   num_examples: dict
   skipped: dict
   reused: bool = False
+  adjusted: dict = dataclasses.field(default_factory=dict)
 
 
 def default_manual_dir(data_dir: Optional[str]) -> str:
@@ -84,19 +90,20 @@ def prepare_dataset(name: str, *, config_name: Optional[str] = None,
 
   if not source_lib.is_prepared(builder):
     _build(builder, manual_dir)
-    skipped = builder.skipped
+    skipped, adjusted = builder.skipped, builder.adjusted
   else:
     staging = os.path.join(data_dir, f".advseg_staging-{uuid.uuid4().hex[:8]}")
     try:
       staged = source_lib.make_builder(name, config_name, staging, **kw)
       _build(staged, manual_dir)
-      skipped = staged.skipped
+      skipped, adjusted = staged.skipped, staged.adjusted
       _swap_in(os.fspath(staged.data_dir), final_dir)
     finally:
       shutil.rmtree(staging, ignore_errors=True)
   built = source_lib.make_builder(name, config_name, data_dir)
   skipped = {k: v for k, v in skipped.items() if v}
-  return PrepareResult(name, config_name, final_dir, _counts(built), skipped)
+  return PrepareResult(name, config_name, final_dir, _counts(built), skipped,
+                       adjusted={k: sorted(v) for k, v in adjusted.items()})
 
 
 def _swap_in(new_dir: str, final_dir: str) -> None:

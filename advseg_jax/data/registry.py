@@ -20,9 +20,9 @@ class DatasetInfo:
   """Static description of one dataset (one builder config).
 
   Attributes:
-    name: short name (`voc_aug`, `cityscapes`, `gta5`, `synthia`, `shapes`).
+    name: short name (`voc_aug`, `cityscapes`, `gta5`, `synthia`, `shapes`, ...).
     config_name: builder config (`'16'`/`'13'` for synthia, `'source'`/`'target'`
-      for shapes) or None.
+      for shapes, the test fold `'0'`..`'4'` for stanford_background) or None.
     tfds_name: the TFDS builder name (directory under `data_dir`).
     num_classes: K; labels hold `0..K-1` and `ignore_label`.
     class_names: K names.
@@ -62,10 +62,20 @@ _BUILDER_MODULES = {
     "synthia": "advseg_jax.data.builders.synthia",
     "shapes": "advseg_jax.data.builders.shapes",
     "digits_m": "advseg_jax.data.builders.digits_m",
+    "stanford_background": "advseg_jax.data.builders.stanford_background",
 }
-DEFAULT_CONFIGS = {"synthia": "16", "shapes": "source", "digits_m": "source"}
+DEFAULT_CONFIGS = {"synthia": "16", "shapes": "source", "digits_m": "source",
+                   "stanford_background": "0"}
 CONFIG_NAMES = {"synthia": ("16", "13"), "shapes": ("source", "target"),
-                "digits_m": ("source", "target")}
+                "digits_m": ("source", "target"),
+                "stanford_background": ("0", "1", "2", "3", "4")}  # test fold
+
+# Stanford Background's classes 0..7 (the dataset's README) and colours for drawing them.
+STANFORD_BACKGROUND_CLASS_NAMES = ("sky", "tree", "road", "grass", "water", "building",
+                                   "mountain", "foreground object")
+STANFORD_BACKGROUND_PALETTE = np.array(
+    [(70, 130, 180), (107, 142, 35), (128, 64, 128), (152, 251, 152), (0, 90, 200),
+     (70, 70, 70), (150, 100, 100), (220, 20, 60)], dtype=np.uint8)
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -129,6 +139,11 @@ def get_info(name: str, config_name: Optional[str] = None) -> DatasetInfo:
         name, config_name, "advseg_digits_m", 11, ("background",) + tuple("0123456789"),
         labels.voc_palette(11), default_channel_order="RGB", splits=splits,
         labelled_splits=splits, needs_manual_download=False)
+  if name == "stanford_background":  # config = the test fold of 5 (builder docstring)
+    return DatasetInfo(
+        name, config_name, "advseg_stanford_background", 8, STANFORD_BACKGROUND_CLASS_NAMES,
+        STANFORD_BACKGROUND_PALETTE, default_channel_order="RGB", splits=("train", "test"),
+        labelled_splits=("train", "test"), expected_sizes={"train": 572, "test": 143})
   raise AssertionError(name)
 
 

@@ -16,6 +16,8 @@ from advseg_jax.data import prepare
 from advseg_jax.data import source as source_lib
 from advseg_jax.data.image_io import BadExampleError
 
+from tests import data_trees
+
 BUILDERS = os.path.join(os.path.dirname(prepare.__file__), "builders")
 
 
@@ -60,6 +62,8 @@ def test_help_documents_every_flag(capsys):
                  "--skip_bad_examples", "--num_threads", "--no_progress", "--verbose"):
         assert flag in text
     assert "JPEGImages" in text and "gtFine_trainvaltest.zip" in text
+    assert "stanford_background: images/<name>.jpg, labels/<name>.regions.txt" in text
+    assert "resized to\n              1280x720" in text
 
 
 def test_prepare_end_to_end(tmp_path, capsys):
@@ -161,6 +165,50 @@ def test_bad_data_skipped_and_counted(tmp_path, capsys, fault):
     assert "skipped 1 bad examples" in out and str(bad) in out
     src = source_lib.RawSource("voc_aug", None, d, "train")
     assert len(src) == (4 if fault == "missing_file" else 3)
+
+
+def ours(out, name):
+    """The lines `prepare` itself printed about `name` (TFDS prints its own as well)."""
+    return [l for l in out.splitlines() if l.startswith(name)]
+
+
+def test_gta5_counts_resized_and_remapped_examples(tmp_path, capsys):
+    d = str(tmp_path / "tfds")
+    rc, out, err = run(["gta5", "--manual_dir", str(data_trees.gta5_as_released(tmp_path)),
+                        "--data_dir", d], capsys)
+    assert rc == 0, err
+    lines = ours(out, "gta5")
+    assert lines[0].startswith("gta5: prepared in") and "train: 3" in lines[0]
+    assert lines[1:] == [
+        "gta5: 1 image/label pairs of different sizes resized to 1280x720 (image bicubic, "
+        "label nearest): 00002.png",
+        "gta5: 2 labels with ids outside the label table, those pixels mapped to 255: "
+        "00002.png (ids [34, 200]), 00003.png (ids [250])"]
+    # the dummy tree needs neither; the counts are printed all the same
+    manual = copy_fixture(tmp_path, "gta5")
+    rc, out, err = run(["gta5", "--manual_dir", str(manual), "--data_dir",
+                        str(tmp_path / "d2")], capsys)
+    assert rc == 0, err
+    assert ours(out, "gta5")[1:] == [
+        "gta5: 0 image/label pairs of different sizes resized to 1280x720 (image bicubic, "
+        "label nearest)",
+        "gta5: 0 labels with ids outside the label table, those pixels mapped to 255"]
+
+
+def test_stanford_background_prepares_every_fold(tmp_path, capsys):
+    manual = copy_fixture(tmp_path, "stanford_background")
+    d = str(tmp_path / "tfds")
+    rc, out, err = run(["stanford_background", "--manual_dir", str(manual),
+                        "--data_dir", d], capsys)
+    assert rc == 0, err
+    lines = ours(out, "stanford_background")
+    assert [l.split(":")[0] for l in lines] == [f"stanford_background/{k}" for k in range(5)]
+    assert all("test: 2, train: 8" in l for l in lines)
+    tests = []
+    for k in range(5):
+        src = source_lib.RawSource("stanford_background", str(k), d, "test")
+        tests += [src[i]["file_name"] for i in range(len(src))]
+    assert sorted(tests) == sorted(f[:-4] for f in os.listdir(manual / "images"))
 
 
 def test_cityscapes_label_id_outside_mapping(tmp_path, capsys):

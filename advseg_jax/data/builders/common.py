@@ -6,9 +6,11 @@ Every builder yields, per example:
    "label": <PNG bytes of a uint8 [H, W] map of train ids, 255 = ignore>,
    "file_name": <str, the name used by the original lists>}
 
-Images are never decoded into numpy for storage (TFDS would need TensorFlow to encode an
-ndarray); they are fully decoded once at prepare time to detect corruption. Labels are
-mapped to train ids at prepare time and re-encoded as 8-bit PNG.
+Images are stored as the bytes found on disk (TFDS would need TensorFlow to encode an
+ndarray); they are fully decoded once at prepare time to detect corruption. The one exception
+is a builder that resizes image/label pairs of different sizes (`MISMATCH_RESIZE_HW`, GTA5):
+those images are stored re-encoded as PNG. Labels are mapped to train ids at prepare time and
+re-encoded as 8-bit PNG.
 
 Examples are written in list order (`disable_shuffling = True`) so that index `i` of a
 split is line `i` of the originals' list files; split files (`train_id.pkl`) rely on it.
@@ -30,9 +32,12 @@ import tensorflow_datasets as tfds
 
 from advseg_jax.data import image_io
 from advseg_jax.data import labels
+from advseg_jax.data import transforms
 from advseg_jax.data.errors import BadExampleError, LayoutError
 
 log = logging.getLogger(__name__)
+
+REMAPPED = "labels with ids outside the label table, those pixels mapped to 255"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -165,6 +170,12 @@ class SegBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.skip_bad_examples = skip_bad_examples
     self.num_threads = num_threads or min(8, os.cpu_count() or 1)
     self.skipped: dict[str, list[str]] = {}
+    # kind of adjustment -> the examples it was applied to (see ManualSegBuilder)
+    self.adjusted: dict[str, list[str]] = {kind: [] for kind in self.adjustment_kinds()}
+
+  def adjustment_kinds(self) -> tuple[str, ...]:
+    """The kinds of adjustment this builder may make (each is counted, zero included)."""
+    return ()
 
   def _info(self) -> tfds.core.DatasetInfo:
     feats = {
@@ -178,7 +189,12 @@ class SegBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict(feats),
         disable_shuffling=True,
+        metadata=self._metadata(),
     )
+
+  def _metadata(self) -> Optional[tfds.core.MetadataDict]:
+    """A dict saved as `metadata.json` with the prepared data, or None for none."""
+    return None
 
 
 class ManualSegBuilder(SegBuilderBase, skip_registration=True):
@@ -189,6 +205,12 @@ class ManualSegBuilder(SegBuilderBase, skip_registration=True):
   VALID_RAW_IDS: Optional[Sequence[int]] = None
   LABEL_CHANNEL = 0
   EXPECTED_SIZES: dict = {}
+  # AdaptSegNet-style leniency (docs/FIDELITY.md §7.3), off unless a builder sets it:
+  # `(h, w)` to which an image and its label of different sizes are both resized (PIL
+  # bicubic / nearest; the image is then stored as PNG), and whether raw ids outside
+  # `VALID_RAW_IDS` map to 255 instead of failing. Both are counted in `adjusted`.
+  MISMATCH_RESIZE_HW: Optional[tuple[int, int]] = None
+  UNKNOWN_IDS_TO_IGNORE = False
 
   # ------------------------------------------------------------------ subclass hooks
   @classmethod
@@ -244,24 +266,42 @@ class ManualSegBuilder(SegBuilderBase, skip_registration=True):
     img_bytes = read_bytes(ref.image)
     img = image_io.decode_image(img_bytes, img_name)
     ex = {"image": img_bytes, "file_name": ref.file_name}
-    if self.HAS_LABELS:
-      lab_name = str(ref.label)
-      raw = image_io.decode_label(read_bytes(ref.label), lab_name,
-                                  channel=self.LABEL_CHANNEL)
-      ex["label"] = image_io.encode_png(
-          map_label(raw, lut, lab_name, img.shape[:2], img_name))
+    if not self.HAS_LABELS:
+      return ex
+    lab_name = str(ref.label)
+    raw = self._read_raw_label(ref.label, lab_name)
+    if raw.shape[:2] != img.shape[:2] and self.MISMATCH_RESIZE_HW is not None:
+      img, raw = transforms.resize_example_pil(img, raw, self.MISMATCH_RESIZE_HW)
+      ex["image"] = image_io.encode_png(img)
+      self.adjusted[self._resized_kind()].append(ref.file_name)
+    check_same_size(raw, lab_name, img.shape[:2], img_name)
+    mapped, bad = labels.apply_lut(raw, lut)
+    if bad.size:
+      if not self.UNKNOWN_IDS_TO_IGNORE:
+        raise BadExampleError(
+            lab_name, f"label ids {bad.tolist()[:10]} are outside the label mapping")
+      self.adjusted[REMAPPED].append(f"{ref.file_name} (ids {bad.tolist()[:10]})")
+    ex["label"] = image_io.encode_png(mapped)
     return ex
 
+  def _read_raw_label(self, ref: FileRef, lab_name: str) -> np.ndarray:
+    """The raw ids of one label file, `[H, W]` (a label image's indices by default)."""
+    return image_io.decode_label(read_bytes(ref), lab_name, channel=self.LABEL_CHANNEL)
 
-def map_label(raw: np.ndarray, lut: np.ndarray, lab_name: str, image_hw: tuple[int, int],
-              img_name: str) -> np.ndarray:
-  """Checks size and ids of a raw label and maps it to train ids (`uint8 [H, W]`)."""
+  def _resized_kind(self) -> str:
+    h, w = self.MISMATCH_RESIZE_HW
+    return (f"image/label pairs of different sizes resized to {w}x{h} (image bicubic, "
+            "label nearest)")
+
+  def adjustment_kinds(self) -> tuple[str, ...]:
+    return (((self._resized_kind(),) if self.MISMATCH_RESIZE_HW is not None else ())
+            + ((REMAPPED,) if self.UNKNOWN_IDS_TO_IGNORE else ()))
+
+
+def check_same_size(raw: np.ndarray, lab_name: str, image_hw: tuple[int, int],
+                    img_name: str) -> None:
+  """Raises `BadExampleError` unless label `raw` is `image_hw` in size."""
   if raw.shape[:2] != tuple(image_hw):
     raise BadExampleError(
         lab_name, f"label size {raw.shape[1]}x{raw.shape[0]} (WxH) differs from its image "
         f"{img_name} ({image_hw[1]}x{image_hw[0]})")
-  mapped, bad = labels.apply_lut(raw, lut)
-  if bad.size:
-    raise BadExampleError(
-        lab_name, f"label ids {bad.tolist()[:10]} are outside the label mapping")
-  return mapped

@@ -109,9 +109,23 @@ def make_synthia(root: str) -> None:
     _write(f"{root}/GT/LABELS/{name}", image_io.encode_png16(lab, filters=(0, 1, 2)))
 
 
+def make_stanford_background(root: str) -> None:
+  """10 JPEG images (landscape and portrait) and `.regions.txt` labels with -1 pixels."""
+  rng = np.random.default_rng(5)
+  names = ["0000047", "0000051", "0000059", "0000062", "0000063", "0000067", "0000074",
+           "6000124", "9004669", "9005294"]
+  for i, name in enumerate(names):
+    h, w = ((24, 32), (32, 24), (20, 28))[i % 3]
+    _write(f"{root}/images/{name}.jpg", image_io.encode_jpeg(_image(rng, h, w)))
+    lab = _blocky(rng, h, w, list(range(-1, 8)))
+    text = "\n".join(" ".join(str(int(v)) for v in row) for row in lab) + "\n"
+    _write(f"{root}/labels/{name}.regions.txt", text.encode("ascii"))
+
+
 def main() -> None:
   for name, fn in (("voc_aug", make_voc), ("cityscapes", make_cityscapes),
-                   ("gta5", make_gta5), ("synthia", make_synthia)):
+                   ("gta5", make_gta5), ("synthia", make_synthia),
+                   ("stanford_background", make_stanford_background)):
     root = os.path.join(HERE, name, "dummy_data")
     shutil.rmtree(root, ignore_errors=True)
     fn(root)

@@ -8,7 +8,14 @@ Manual download. `manual_dir` layout:
 
 Without `train.txt` all `images/*.png` are used, sorted by name. One split, `train`
 (24,966 examples in the full dataset). The labelId -> trainId table is Cityscapes' (the same
-`id_to_trainid` AdaptSegNet uses); raw values outside 0..33 and 255 are an error.
+`id_to_trainid` AdaptSegNet uses).
+
+The public release has pairs whose image and label differ in size, and label ids outside
+Cityscapes' 0..33. AdaptSegNet's `dataset/gta5_dataset.py` resizes each image (bicubic) and
+label (nearest) to 1280x720 on its own and maps every id outside `id_to_trainid` to 255
+(docs/FIDELITY.md §7.3); so does this builder: a pair of different sizes is stored resized to
+1280x720 (what the `gta5_cityscapes` presets' `resize_size` then leaves as is), any unknown
+id becomes 255, and `prepare` prints how many examples each applied to.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ class Builder(common.ManualSegBuilder):
 
   name = "advseg_gta5"
   VALID_RAW_IDS = labels.CITYSCAPES_VALID_RAW_IDS
+  MISMATCH_RESIZE_HW = (720, 1280)    # AdaptSegNet --input-size 1280,720 (§7.1, §7.3)
+  UNKNOWN_IDS_TO_IGNORE = True        # AdaptSegNet: label_copy = 255 outside id_to_trainid
   EXPECTED_SIZES = {"train": 24966}
   LAYOUT = ("<manual_dir>/images/<name>.png, <manual_dir>/labels/<name>.png, "
             "optional <manual_dir>/train.txt")
