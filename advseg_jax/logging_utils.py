@@ -23,6 +23,8 @@ import json
 import logging
 import math
 import os
+import sys
+import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -77,6 +79,26 @@ class JsonlWriter(Writer):
   def close(self) -> None:
     if not self._f.closed:
       self._f.close()
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drops the rows of `path` logged after step `last_step` (a resumed run logs those steps
+  again) and a torn last line; returns how many rows were dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      step = int(json.loads(line)["step"]) if line.endswith("\n") else None
+    except (ValueError, KeyError, TypeError):
+      step = None
+    if step is not None and step <= last_step:
+      keep.append(line)
+  if len(keep) < len(lines):
+    write_text_file(path, "".join(keep))
+  return len(lines) - len(keep)
 
 
 def tensorflow_available() -> bool:
@@ -306,3 +328,72 @@ def setup_console_logging(level: int = logging.INFO) -> None:
     root.addHandler(h)
   root.setLevel(level)
   root.propagate = False
+
+
+# ----------------------------------------------------------------------------- library noise
+class _QuietFileHandler(logging.FileHandler):
+  """A log file that goes silent (instead of printing tracebacks) when it cannot be written,
+  e.g. on the full disk it would otherwise report about."""
+
+  def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+    self.setLevel(logging.CRITICAL + 1)
+
+  def flush(self) -> None:
+    try:
+      super().flush()
+    except OSError:
+      self.setLevel(logging.CRITICAL + 1)
+
+  def close(self) -> None:
+    try:
+      super().close()
+    except OSError:  # the buffered tail could not be written
+      pass
+
+
+class LibraryLog:
+  """Sends other libraries' log records (orbax, tensorstore, absl, asyncio), uncaught
+  exceptions of background threads, unraisable exceptions and Python warnings to the file
+  `path` instead of stderr; the `advseg_jax` console lines go there too.
+
+      with LibraryLog(os.path.join(workdir, "train.log")) as details:
+        ...                                   # details.path: where to point the person
+  """
+
+  def __init__(self, path: str, level: int = logging.WARNING):
+    self.path, self.level = os.path.abspath(path), level
+    self._saved: Optional[tuple] = None
+    self._handler: Optional[logging.Handler] = None
+
+  def __enter__(self) -> "LibraryLog":
+    handler = _QuietFileHandler(self.path, delay=True)
+    handler.setFormatter(logging.Formatter(
+        "%(levelname).1s %(asctime)s %(name)s %(threadName)s: %(message)s"))
+    root = logging.getLogger()
+    self._saved = (list(root.handlers), root.level, threading.excepthook, sys.unraisablehook)
+    self._handler = handler
+    root.handlers = [handler]
+    root.setLevel(self.level)
+    logging.getLogger("advseg_jax").addHandler(handler)
+    logging.captureWarnings(True)
+    noise = logging.getLogger("background")
+    threading.excepthook = lambda a: noise.error(
+        "uncaught exception in thread %s", getattr(a.thread, "name", "?"),
+        exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+    sys.unraisablehook = lambda u: noise.error(
+        "%s: %r", u.err_msg or "exception ignored", u.object,
+        exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    handlers, level, threading.excepthook, sys.unraisablehook = self._saved
+    root = logging.getLogger()
+    root.handlers = handlers
+    root.setLevel(level)
+    logging.getLogger("advseg_jax").removeHandler(self._handler)
+    logging.captureWarnings(False)
+    self._handler.close()
+
+  def has_details(self) -> bool:
+    """Whether anything was written to the file."""
+    return os.path.exists(self.path) and os.path.getsize(self.path) > 0

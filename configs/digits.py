@@ -100,6 +100,7 @@ def get_config(arg=None):
   c.disc.arch = "fc"
   c.disc.ndf = 16
   c.optim_g.lr = 5e-3                   # 20x [§6.1]: no pretrained initialisation here
+  c.optim_g.legacy_duplicate_updates = False  # [§1.5] the correction, as in demo.py
   c.optim_d.lr = 1e-4                   # [§6.1], [§7.1]
   _method(c, name)
 

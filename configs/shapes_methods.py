@@ -19,7 +19,8 @@ ARG[,runlocal] (letters as in the issue; the names are accepted too):
 
 The model is the demo's (`configs/demo.py`): a tiny DeepLab-v2 (ResNet blocks (1,1,1,1),
 width 16, 5 classes) without pretrained weights, so G's learning rate is 20x the originals'
-(5e-3); every method hyper-parameter is the original's (docs/FIDELITY.md §6.1, §7.1). (e)-(h) all
+(5e-3), and G's SGD updates each parameter once (the §1.5 correction, as in the demo); every
+method hyper-parameter is the original's (docs/FIDELITY.md §6.1, §7.1). (e)-(h) all
 use DeeplabMulti like the AdaptSegNet script (the single-level and LS-GAN runs train D1 but
 never let it reach G). The step count here is the CPU profile's; `benchmarks/quality/methods.py`
 overrides `num_steps`, `method.semi_start`, `eval_every` and the eval subset per profile.
@@ -82,6 +83,7 @@ def get_config(arg=None):
   c.disc.arch = "fc"
   c.disc.ndf = 16
   c.optim_g.lr = 5e-3                   # 20x [§6.1]: no pretrained initialisation here
+  c.optim_g.legacy_duplicate_updates = False  # [§1.5] the correction (each parameter once)
   c.optim_d.lr = 1e-4                   # [§6.1], [§7.1]
 
   m = c.method

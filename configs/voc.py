@@ -9,6 +9,8 @@ ARG = METHOD_FRACTION[,runlocal] with
             semi       + L_adv + L_semi (the README command, "Table 5"; alias adv_semi)
   FRACTION  0.125 | 0.25 | 0.5 | 1.0 (also 1/8, 1/4, 1/2, full) labelled share of train_aug
 semi_1.0 does not exist (no unlabelled data; N/A in the paper). Default: semi_0.125.
+The adv_* presets train D on labelled predictions only: the pre-BMVC code's behaviour; the
+released train.py crashes with `--lambda-semi 0 --lambda-semi-adv 0` (§6.4).
 Every value below is the original's; the bracket names the docs/FIDELITY.md section.
 """
 
@@ -68,6 +70,8 @@ def get_config(arg=None):
   c.optim_g.momentum = 0.9            # [§6.1]
   c.optim_g.weight_decay = 5e-4       # [§6.1]
   c.optim_g.power = 0.9               # [§6.1] poly
+  c.optim_g.legacy_duplicate_updates = True   # [§1.5] one update per listing (3x / 4x convs)
+  c.optim_g.duplicate_rule = "torch0.4"       # [§1.5] as PyTorch 0.2-0.4 trained them
   c.optim_d.name = "adam"             # [§4.1] Adam(betas 0.9, 0.99)
   c.optim_d.lr = 1e-4                 # [§6.1] --learning-rate-D
   c.optim_d.power = 0.9               # [§6.1] same poly decay

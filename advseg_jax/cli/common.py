@@ -24,6 +24,7 @@ import numpy as np
 from absl import flags
 
 from advseg_jax import logging_utils, model_io
+from advseg_jax.cli.outputs import OutputPathError
 from advseg_jax.data.builders.common import LayoutError
 from advseg_jax.data.image_io import BadExampleError
 from advseg_jax.inference import loading
@@ -44,7 +45,7 @@ class UsageError(Exception):
 # Exceptions whose message is meant for the user: one `error:` line, exit code 2.
 KNOWN_ERRORS = (UsageError, EvaluationError, PredictError, FileNotFoundError,
                 NotADirectoryError, PermissionError, model_io.ModelFormatError, ConversionError,
-                BadExampleError, LayoutError, CheckpointError, SpecError)
+                BadExampleError, LayoutError, CheckpointError, SpecError, OutputPathError)
 
 
 def one_line(e: Union[BaseException, str]) -> str:
@@ -245,8 +246,9 @@ def progress(iterable, *, total: Optional[int], desc: str, enabled: bool, unit: 
 
 # --------------------------------------------------------------------------- checkpoints
 CHECKPOINT_HELP = ("a model directory (written by training as WORKDIR/best_model or "
-                   "WORKDIR/final_model, or by `convert`) or a training WORKDIR (its best model "
-                   "is used); omit it when --torch_checkpoint is given")
+                   "WORKDIR/final_model, or by `convert`) or a training WORKDIR (its final "
+                   "model: final_model/, else the latest checkpoint; --best for best_model/); "
+                   "omit it when --torch_checkpoint is given")
 
 
 def define_checkpoint_flags(fv: flags.FlagValues) -> None:

@@ -8,16 +8,16 @@ line).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import List, Optional, Sequence
 
 from absl import flags
 
 from advseg_jax import data
-from advseg_jax.cli import common
+from advseg_jax.cli import common, outputs
 from advseg_jax.data import registry
 from advseg_jax.inference import evaluate as ev
+from advseg_jax.inference import loading
 
 DOC = common.Help(
     usage="usage: python -m advseg_jax evaluate [CHECKPOINT] [--dataset NAME] [flags]",
@@ -30,6 +30,7 @@ DOC = common.Help(
     epilog=(
         "examples:\n"
         "  evaluate runs/demo                                 # workdir: its eval dataset\n"
+        "  evaluate runs/demo --best                          # its best_model/ instead\n"
         "  evaluate runs/voc/best_model --dataset voc_aug --flip --scales 0.75,1,1.25\n"
         "  evaluate --torch_checkpoint AdvSemiSegVOC0.125-03c6f81c.pth --arch deeplabv2 \\\n"
         "      --dataset voc_aug --output_json semi0.125.json\n"
@@ -93,6 +94,11 @@ def define_flags() -> flags.FlagValues:
   flags.DEFINE_integer("max_batches", None, "stop after this many batches (quick checks)",
                        flag_values=fv)
   flags.DEFINE_bool("no_progress", False, "hide the progress bar", flag_values=fv)
+  flags.DEFINE_bool("best", False,
+                    "score a training WORKDIR's best_model/ (the step with the highest mIoU "
+                    "on the evaluation set during training: selected on the data it is scored "
+                    "on, so optimistic) instead of its final model (final_model/, else the "
+                    "latest checkpoint), which the originals report", flag_values=fv)
   return fv
 
 
@@ -111,17 +117,31 @@ def _checks(fv: flags.FlagValues, checkpoint: Optional[str]) -> Optional[int]:
       default_k = info.num_classes
     data.ensure_prepared(name, fv.data_dir, cfg)
   if fv.output_json:
-    parent = os.path.dirname(os.path.abspath(fv.output_json))
-    if not os.path.isdir(parent):
-      raise common.UsageError(f"--output_json: directory {parent} does not exist")
+    outputs.check_output_file("--output_json", fv.output_json)
+  if fv.save_predictions:
+    outputs.check_output_dir("--save_predictions", fv.save_predictions)
   return default_k
 
 
-def _print_result(fv: flags.FlagValues, result: ev.EvalResult, source: str) -> None:
+def _scored_model(kind: Optional[str], spec) -> Optional[str]:
+  """The line naming which of a workdir's models is scored (None for a .pth)."""
+  if kind is None:
+    return None
+  line = f"scored: the {kind} (step {spec.get('step', '?')})"
+  if kind == loading.BEST or "miou" in spec:  # best_model/ records its training-time mIoU
+    line += (" -- the best model, selected by its mIoU on the evaluation set during "
+             "training, so this score is optimistic; the originals report the final model")
+  return line
+
+
+def _print_result(fv: flags.FlagValues, result: ev.EvalResult, source: str,
+                  scored: Optional[str]) -> None:
   protocol = result.protocol
   size = {"pad": f", padded to {protocol.pad_size}",
           "resize": f", input resized to {protocol.input_size}"}.get(protocol.eval_mode, "")
   print(f"checkpoint: {source}")
+  if scored:
+    print(scored)
   print(f"dataset: {result.settings['dataset']} {result.settings['split']}, "
         f"{result.num_images} images, protocol {protocol.name}{size}, flip {fv.flip}, "
         f"scales {list(fv.scales)}")
@@ -129,6 +149,8 @@ def _print_result(fv: flags.FlagValues, result: ev.EvalResult, source: str) -> N
   if fv.output_json:
     doc = result.to_json()
     doc["checkpoint"] = source
+    if scored:
+      doc["scored"] = scored
     with open(fv.output_json, "w") as f:
       json.dump(doc, f, indent=2)
       f.write("\n")
@@ -142,6 +164,13 @@ def _run(fv: flags.FlagValues, positional: List[str]) -> int:
     raise common.UsageError(f"expected at most one CHECKPOINT, got {positional}")
   checkpoint = positional[0] if positional else None
   default_k = _checks(fv, checkpoint)
+  kind = None
+  if fv.best and fv.torch_checkpoint:
+    raise common.UsageError("--best chooses a training WORKDIR's best_model/; it does not apply "
+                            "to --torch_checkpoint")
+  if checkpoint and not fv.torch_checkpoint:
+    kind, location = loading.choose_model(checkpoint, best=fv.best)
+    checkpoint = location if kind == loading.BEST else checkpoint
   variables, spec, source = common.load_from_flags(fv, checkpoint, default_k)
   choice = ev.choose_dataset(fv.dataset, spec)
   protocol = ev.resolve_protocol(fv.protocol, spec, choice, pad_size=fv.pad_size,
@@ -154,7 +183,7 @@ def _run(fv: flags.FlagValues, positional: List[str]) -> int:
                        save_dir=fv.save_predictions, max_batches=fv.max_batches, progress=bar)
   if result.num_images == 0:
     raise common.UsageError(f"split {split!r} of {choice.full_name} has no images")
-  _print_result(fv, result, source)
+  _print_result(fv, result, source, _scored_model(kind, spec))
   return 0
 
 

@@ -7,14 +7,14 @@ Exit codes: 0 written (or --help), 2 a usage error or a problem the user must fi
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from absl import flags
 
-from advseg_jax.cli import common
+from advseg_jax.cli import common, outputs
+from advseg_jax.data.image_io import BadExampleError
 from advseg_jax.inference import predict as pr
 
 DOC = common.Help(
@@ -61,9 +61,10 @@ def _define_inference_flags(fv: flags.FlagValues) -> None:
 def define_flags() -> flags.FlagValues:
   fv = flags.FlagValues()
   flags.DEFINE_string("checkpoint", None,
-                      "a model directory (WORKDIR/best_model, a `convert` output) or a "
-                      "training WORKDIR; or use --torch_checkpoint", short_name="c",
-                      flag_values=fv)
+                      "a model directory (WORKDIR/final_model, WORKDIR/best_model, a "
+                      "`convert` output) or a training WORKDIR (its final model: "
+                      "final_model/, else the latest checkpoint); or use --torch_checkpoint",
+                      short_name="c", flag_values=fv)
   flags.DEFINE_string("output_dir", None, "where to write the PNGs (created if missing)",
                       short_name="o", flag_values=fv)
   common.define_checkpoint_flags(fv)
@@ -78,42 +79,67 @@ def define_flags() -> flags.FlagValues:
   flags.DEFINE_bool("save_confidence", False,
                     "also write NAME_confidence.png: the max softmax probability, 0-255 grey",
                     flag_values=fv)
-  flags.DEFINE_bool("overwrite", False, "replace existing output files (default: refuse)",
-                    flag_values=fv)
+  flags.DEFINE_bool("overwrite", False,
+                    "redo images whose outputs exist (default: skip them, so that a rerun "
+                    "continues where an interrupted one stopped)", flag_values=fv)
+  flags.DEFINE_bool("skip_bad", False,
+                    "skip images that cannot be read (each is reported on stderr) instead of "
+                    "stopping at the first", flag_values=fv)
   flags.DEFINE_bool("no_progress", False, "hide the progress bar", flag_values=fv)
   flags.mark_flag_as_required("output_dir", flag_values=fv)
   return fv
 
 
+def _images(fv: flags.FlagValues, inputs: List[str], skipped: pr.Skipped
+            ) -> Tuple[List[pr.InputImage], int]:
+  """The images still to predict and how many were left out because their outputs exist
+  (unless --overwrite)."""
+  try:
+    images = pr.find_images(inputs, exclude_dir=fv.output_dir,
+                            skipped=skipped if fv.skip_bad else None)
+  except BadExampleError as e:
+    raise BadExampleError(e.file_name, f"{e.problem}; pass --skip_bad to skip such "
+                                       f"images") from None
+  if fv.overwrite:
+    return images, 0
+  todo = [im for im in images if not pr.outputs_complete(
+      fv.output_dir, im.rel, overlay=not fv.no_overlay, confidence=fv.save_confidence)]
+  return todo, len(images) - len(todo)
+
+
 def _run(fv: flags.FlagValues, inputs: List[str]) -> int:
   if not inputs:
     raise common.UsageError("no INPUT given: image files, folders or glob patterns")
-  if os.path.isfile(fv.output_dir):
-    raise common.UsageError(f"{fv.output_dir}: is a file, --output_dir must be a folder")
-  images = pr.find_images(inputs, exclude_dir=fv.output_dir)
-  if not fv.overwrite:
-    for im in images:
-      path = pr.output_paths(fv.output_dir, im.rel)["label"]
-      if os.path.exists(path):
-        raise common.UsageError(f"{path}: exists; pass --overwrite or another --output_dir")
-  default_k = None
-  if fv.torch_checkpoint and fv.num_classes is None and fv.dataset:
-    default_k = pr.dataset_classes(fv.dataset)
-  variables, spec, source = common.load_from_flags(fv, fv.checkpoint, default_k)
-  _, palette, dataset = pr.choose_palette(fv.dataset, spec)
-  mode, input_size = pr.resolve_mode(fv.mode, dataset, spec, fv.input_size)
-  bar = lambda plan, total: common.progress(  # noqa: E731
-      plan, total=total, desc="predict", enabled=not fv.no_progress)
-  start = time.time()
-  batches = pr.predict_images(
-      variables, spec, images, fv.output_dir, mode=mode, input_size=input_size,
-      palette=palette, batch_size=fv.batch_size, pad_multiple=fv.pad_multiple, flip=fv.flip,
-      scales=fv.scales, overlay_alpha=None if fv.no_overlay else fv.alpha,
-      save_confidence=fv.save_confidence, progress=bar)
-  print(f"checkpoint: {source}")
-  print(f"wrote {len(images)} label PNGs" + ("" if fv.no_overlay else " and overlays")
-        + f" under {fv.output_dir} ({mode} mode, {batches} batches, "
-        f"{time.time() - start:.1f} s)")
+  outputs.check_output_dir("--output_dir", fv.output_dir)
+  skipped: pr.Skipped = []
+  images, done = _images(fv, inputs, skipped)
+  if images:
+    default_k = None
+    if fv.torch_checkpoint and fv.num_classes is None and fv.dataset:
+      default_k = pr.dataset_classes(fv.dataset)
+    variables, spec, source = common.load_from_flags(fv, fv.checkpoint, default_k)
+    _, palette, dataset = pr.choose_palette(fv.dataset, spec)
+    mode, input_size = pr.resolve_mode(fv.mode, dataset, spec, fv.input_size)
+    bar = lambda plan, total: common.progress(  # noqa: E731
+        plan, total=total, desc="predict", enabled=not fv.no_progress)
+    start, unlisted = time.time(), len(skipped)
+    batches = pr.predict_images(
+        variables, spec, images, fv.output_dir, mode=mode, input_size=input_size,
+        palette=palette, batch_size=fv.batch_size, pad_multiple=fv.pad_multiple,
+        flip=fv.flip, scales=fv.scales, overlay_alpha=None if fv.no_overlay else fv.alpha,
+        save_confidence=fv.save_confidence, progress=bar,
+        skipped=skipped if fv.skip_bad else None)
+    print(f"checkpoint: {source}")
+    print(f"wrote {len(images) - (len(skipped) - unlisted)} label PNGs"
+          + ("" if fv.no_overlay else " and overlays") + f" under {fv.output_dir} ({mode} "
+          f"mode, {batches} batches, {time.time() - start:.1f} s)")
+  if done:
+    print(f"skipped {done} images whose outputs exist under {fv.output_dir} (pass "
+          f"--overwrite to redo them)")
+  for path, problem in skipped:
+    print(f"warning: skipped {path}: {problem}", file=sys.stderr)
+  if skipped:
+    print(f"skipped {len(skipped)} images that cannot be read (listed on stderr)")
   return 0
 
 

@@ -7,13 +7,14 @@ Exit codes: 0 written (or --help), 2 a usage error or a workdir that cannot be r
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional, Sequence
 
 from absl import flags
 
 from advseg_jax import report
-from advseg_jax.cli import common
+from advseg_jax.cli import common, outputs
 
 DOC = common.Help(
     usage="usage: python -m advseg_jax report WORKDIR [flags]",
@@ -40,8 +41,9 @@ def define_flags() -> flags.FlagValues:
                        "validation examples in the image grid (0 = curves only, no model or "
                        "dataset needed)", lower_bound=0, flag_values=fv)
   flags.DEFINE_string("model", None,
-                      "model directory for the examples (default: the workdir's best_model, "
-                      "else its latest checkpoint, else final_model)", flag_values=fv)
+                      "model directory for the examples (default: the workdir's final model: "
+                      "final_model/, else its latest checkpoint; WORKDIR/best_model for the "
+                      "best one)", flag_values=fv)
   flags.DEFINE_string("dataset", None,
                       "dataset of the examples (default: the checkpoint's dataset)",
                       flag_values=fv)
@@ -58,6 +60,11 @@ def define_flags() -> flags.FlagValues:
 def _run(fv: flags.FlagValues, positional: List[str]) -> int:
   if len(positional) != 1:
     raise common.UsageError(f"expected one WORKDIR, got {positional or 'none'}")
+  if fv.output_dir:
+    outputs.check_output_dir("--output_dir", fv.output_dir)
+  elif os.path.isdir(positional[0]):
+    outputs.check_output_dir("WORKDIR (where the report goes without --output_dir)",
+                             positional[0])
   out = report.write_report(positional[0], output_dir=fv.output_dir, name=fv.name,
                             num_examples=fv.num_examples, model=fv.model, dataset=fv.dataset,
                             split=fv.split, data_dir=fv.data_dir, dpi=fv.dpi)

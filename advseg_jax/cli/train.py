@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import time
 from typing import List, Optional, Sequence
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
 from advseg_jax import logging_utils
-from advseg_jax.cli import common
+from advseg_jax.cli import common, outputs
 from advseg_jax.config import validation as config_validation
 from advseg_jax.data.image_io import BadExampleError
 from advseg_jax.inference.evaluator import EvaluationError
@@ -44,7 +46,8 @@ Any config field can be overridden, e.g. --config.num_steps=1000 --config.method
 --print_config shows every field of the chosen preset.
 
 Workdir: checkpoints/ (orbax, last N), best_model/ and final_model/ (model directories for
-evaluate / predict), metrics.jsonl, tensorboard/, config.json, split.json, summary.md/.json.
+evaluate / predict), metrics.jsonl, tensorboard/, config.json, split.json, summary.md/.json,
+train.log (other libraries' messages), train.lock (one run at a time).
 
 Override any config field with --config.FIELD=VALUE (nested fields with dots).
 """
@@ -80,6 +83,7 @@ def define_flags(argv: Sequence[str] = ()) -> flags.FlagValues:
 
 
 DOC = common.Help(USAGE, DESCRIPTION)
+LOG_FILE = "train.log"
 
 
 def parse(argv: Sequence[str]) -> flags.FlagValues:
@@ -130,17 +134,20 @@ def main(argv: Optional[List[str]] = None) -> int:
              process_id=fv.process_id, config_source=fv["config"].config_filename)
 
 
-def _report_failure(message: str) -> None:
-  """Writes `error: message` as the last line of stderr, in one piece.
+def _report_failure(message: str, details: logging_utils.LibraryLog) -> None:
+  """Writes `error: message` as the last line of stderr, in one piece, with where the
+  libraries' messages went.
 
   After a failed asynchronous checkpoint write, orbax's and tensorstore's background threads
-  still print tracebacks of their aborted writes (and asyncio logs futures nobody awaited when
-  they are garbage-collected). Let them finish first, so that the one line that says what
-  happened and what to do comes last and is not split by their output.
+  still report their aborted writes (to `details`' file) and asyncio logs futures nobody
+  awaited when they are garbage-collected. Let them finish first, so that the one line that
+  says what happened and what to do comes last.
   """
   gc.collect()
   time.sleep(0.5)
   gc.collect()
+  if details.has_details():
+    message += f" (details: {details.path})"
   sys.stderr.flush()
   sys.stderr.write(f"error: {message}\n")
   sys.stderr.flush()
@@ -149,34 +156,52 @@ def _report_failure(message: str) -> None:
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+def _log_file(workdir: str) -> str:
+  """WORKDIR/train.log (process 0) or train.process<N>.log: the libraries' messages."""
+  index = jax.process_index()
+  return os.path.join(workdir, LOG_FILE if index == 0 else f"train.process{index}.log")
+
+
 def run(config, workdir: str, *, allow_config_change: bool = False,
         coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
         process_id: Optional[int] = None, config_source: Optional[str] = None) -> int:
-  """Validates and trains; maps the known failures to one `error:` line and an exit code."""
-  src = config_source
+  """Validates and trains; maps the known failures to one `error:` line and an exit code.
+  Other libraries' log records and background-thread tracebacks go to WORKDIR/train.log."""
   try:
     parallel.initialize_distributed(coordinator_address, num_processes, process_id)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
+    workdir = outputs.check_output_dir("--workdir", workdir)
     par = parallel.Parallel(config.parallel.mode)
     config_validation.validate(config, num_devices=par.num_devices)
-    loop.train(config, workdir, allow_config_change=allow_config_change, config_source=src)
+    os.makedirs(workdir, exist_ok=True)
+  except (outputs.OutputPathError, config_validation.ConfigError, OSError) as e:
+    print(f"error: {common.one_line(e)}", file=sys.stderr)
+    return 2
+  with logging_utils.LibraryLog(_log_file(workdir)) as details:
+    return _train(config, workdir, details, allow_config_change=allow_config_change,
+                  config_source=config_source)
+
+
+def _train(config, workdir: str, details: logging_utils.LibraryLog, *,
+           allow_config_change: bool, config_source: Optional[str]) -> int:
+  try:
+    loop.train(config, workdir, allow_config_change=allow_config_change,
+               config_source=config_source)
   except (config_validation.ConfigError, checkpoint.ConfigChangeError, loop.TrainingError,
           EvaluationError, FileNotFoundError) as e:
     print(f"error: {common.one_line(e)}", file=sys.stderr)
     return 2
-  except checkpoint.CheckpointError as e:
-    _report_failure(common.one_line(e))
-    return 1
-  except diagnostics.NonFiniteError as e:
-    print(f"error: {common.one_line(e)}", file=sys.stderr)
+  except (checkpoint.CheckpointError, diagnostics.NonFiniteError) as e:
+    _report_failure(common.one_line(e), details)
     return 1
   except BadExampleError as e:
-    print(f"error: bad example in the data: {common.one_line(e)}. Re-create the file (and the "
-          "dataset with `python -m advseg_jax prepare ... --overwrite`), or skip such examples "
-          "with --config.data.skip_bad_examples=True (target_data / eval_data likewise). The "
-          "checkpoints and logs written so far are unchanged.", file=sys.stderr)
+    _report_failure(
+        f"bad example in the data: {common.one_line(e)}. Re-create the file (and the dataset "
+        "with `python -m advseg_jax prepare ... --overwrite`), or skip such examples with "
+        "--config.data.skip_bad_examples=True (target_data / eval_data likewise). The "
+        "checkpoints and logs written so far are unchanged.", details)
     return 1
   return 0

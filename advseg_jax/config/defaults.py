@@ -57,6 +57,10 @@ def _method_config() -> ml_collections.ConfigDict:
   m.lambda_seg = 0.1          # §7.1 aux CE weight (multi-level)
   m.lambda_adv_aux = 0.0002   # §7.1 lambda_adv_target1
   m.label_encoding = "basic"  # luc: 'basic' | 'product' | 'scaling'
+  # iclr2018 (§8): each step is labelled with this probability, else unlabelled (0.5 in its
+  # semi mode, `random.random() < 0.5`), drawn from alternation_seed and the step number.
+  m.labelled_probability = 1.0
+  m.alternation_seed = 0      # §8 random.seed(0)
   return m
 
 
@@ -91,7 +95,10 @@ def _optimiser_configs() -> Tuple[ml_collections.ConfigDict, ml_collections.Conf
   g.momentum = 0.9
   g.weight_decay = 5e-4
   g.power = 0.9
-  g.legacy_duplicate_updates = False  # §1.5 True = PyTorch 0.2-0.4 dynamics
+  # §1.5 True (faithful): one SGD update per listing of the originals' parameter listing
+  # (bottleneck convs 3x, downsample convs 4x); False (correction): each parameter once.
+  g.legacy_duplicate_updates = True
+  g.duplicate_rule = "torch0.4"  # §1.5 per-listing step of PyTorch 0.2-0.4 | 'torch2'
   d = ml_collections.ConfigDict()
   d.name = "adam"             # §4.1 Adam(1e-4, (0.9, 0.99))
   d.lr = 1e-4

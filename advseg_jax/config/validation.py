@@ -11,6 +11,7 @@ from advseg_jax.models.resnet import RESNET_DEPTHS
 from advseg_jax.precision import needs_x64
 
 INIT_RULES = ("strict", "advsemi", "adaptseg", "torchvision")  # advseg_jax.torch_port.convert.RULES
+DUPLICATE_RULES = ("torch0.4", "torch2")  # advseg_jax.train.optim.DUPLICATE_RULES
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,28 @@ def _check_method(c: Any) -> None:
          f"one of {methods.LABEL_ENCODINGS}", m.label_encoding)
   _check((m.gan == "softmax2") == (c.disc.arch == "fc2") or m.name == "supervised",
          "method.gan", "'softmax2' exactly when disc.arch == 'fc2'", m.gan)
+  p = m.get("labelled_probability", 1.0)
+  _check(_is_num(p) and 0 < p <= 1, "method.labelled_probability", "a number in (0, 1]", p)
+  _check(isinstance(m.get("alternation_seed", 0), int), "method.alternation_seed", "an int",
+         m.get("alternation_seed"))
+  if m.name == "iclr2018":
+    _check_iclr2018(c)
+
+
+def _check_iclr2018(c: Any) -> None:
+  """The D-first step supports none of the generic step's extras."""
+  m = c.method
+  _check(m.gan == "softmax2", "method.gan", "'softmax2' for method 'iclr2018'", m.gan)
+  _check(c.iter_size == 1, "iter_size", "1 for method 'iclr2018'", c.iter_size)
+  _check(m.get("d_update_every", 1) == 1, "method.d_update_every",
+         "1 for method 'iclr2018'", m.get("d_update_every"))
+  _check(m.get("d_instance_noise", 0.0) == 0, "method.d_instance_noise",
+         "0 for method 'iclr2018'", m.get("d_instance_noise"))
+  _check(not c.diagnostics.grad_norms, "diagnostics.grad_norms", "False for method 'iclr2018'",
+         c.diagnostics.grad_norms)
+  _check(m.labelled_probability >= 1.0 or c.labelled_fraction < 1.0,
+         "method.labelled_probability", "1.0 when labelled_fraction is 1.0 (no unlabelled data)",
+         m.labelled_probability)
 
 
 def _check_models(c: Any) -> None:
@@ -127,6 +150,12 @@ def _check_optimisers(c: Any) -> None:
            "a number >= 0", o.weight_decay)
     _check(_is_num(o.momentum) and 0 <= o.momentum < 1, f"{prefix}.momentum", "in [0, 1)",
            o.momentum)
+  _check(isinstance(c.optim_g.legacy_duplicate_updates, bool),
+         "optim_g.legacy_duplicate_updates", "True or False",
+         c.optim_g.legacy_duplicate_updates)
+  _check(c.optim_g.get("duplicate_rule", "torch0.4") in DUPLICATE_RULES,
+         "optim_g.duplicate_rule", f"one of {DUPLICATE_RULES}",
+         c.optim_g.get("duplicate_rule"))
   _check(c.optim_d.name in ("adam", "sgd"), "optim_d.name", "'adam' or 'sgd'", c.optim_d.name)
 
 

@@ -59,10 +59,27 @@ def _load(im: Image.Image, name: str) -> None:
     raise BadExampleError(name, f"corrupt or truncated image data ({e})") from e
 
 
+_GREY16_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _grey16_to_rgb8(im: Image.Image, name: str) -> np.ndarray:
+  """A 16-bit grey image scaled to `uint8 [H, W, 3]` (65535 -> 255; Pillow's
+  `convert('RGB')` would clip every value above 255 to white)."""
+  arr = np.asarray(im).astype(np.int64)
+  if arr.size and (arr.min() < 0 or arr.max() > 65535):
+    raise BadExampleError(name, f"{im.mode} image values outside 0..65535, expected a 16-bit "
+                          f"image")
+  grey = ((arr * 255 + 32767) // 65535).astype(np.uint8)
+  return np.repeat(grey[..., None], 3, axis=-1)
+
+
 def decode_image(src: Source, name: str = "<bytes>") -> np.ndarray:
-  """Decodes an image file or encoded bytes to `uint8 [H, W, 3]` RGB (Pillow `convert('RGB')`)."""
+  """Decodes an image file or encoded bytes to `uint8 [H, W, 3]` RGB (Pillow `convert('RGB')`;
+  16-bit grey images are scaled to 8 bits)."""
   im = _open(src, name)
   _load(im, name)
+  if im.mode in _GREY16_MODES:
+    return _grey16_to_rgb8(im, name)
   if im.mode != "RGB":
     im = im.convert("RGB")
   return np.asarray(im, dtype=np.uint8)
@@ -96,7 +113,7 @@ def decode_label(src: Source, name: str = "<bytes>", *, channel: int = 0) -> np.
   _load(im, name)
   if im.mode in ("P", "L"):
     return np.asarray(im, dtype=np.uint8)
-  if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+  if im.mode in _GREY16_MODES:
     arr = np.asarray(im)
     if arr.min() < 0 or arr.max() > 65535:
       raise BadExampleError(name, "label values outside 0..65535")

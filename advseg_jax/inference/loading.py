@@ -1,5 +1,10 @@
 """Loading a generator or discriminator for inference from a model directory, a training
-workdir or one checkpoint step directory."""
+workdir or one checkpoint step directory.
+
+A training workdir gives its final model (`final_model/`, else the latest readable
+checkpoint), as the originals report the model of their last iteration; its `best_model/`
+(the step with the highest mIoU on the evaluation set) only on request (`best=True`).
+"""
 
 from __future__ import annotations
 
@@ -81,38 +86,84 @@ def _variables_from_step(step_dir: str, want: str) -> Tuple[Dict[str, Any], Dict
   return {"params": params[level]}, spec
 
 
-def load_for_inference(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """`(variables, spec)` of a generator for evaluation / prediction.
+# What `choose_model` found: a model directory given directly, one checkpoint step
+# directory, or a training workdir's final model, latest checkpoint or best model.
+MODEL_DIR, STEP_DIR, FINAL, LATEST_CHECKPOINT, BEST = (
+    "model directory", "checkpoint step", "final model", "latest checkpoint", "best model")
 
-  `path` may be a model directory (`model.json`), a training workdir (its `best_model/` if
-  present, else the latest readable checkpoint, else `final_model/`) or one checkpoint step
-  directory (`WORKDIR/checkpoints/<step>`).
+
+def _is_step_dir(path: str) -> bool:
+  return (os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR
+          and os.path.basename(path).isdigit())
+
+
+def _spec_step(model_dir: str) -> int:
+  try:
+    return int(model_io.read_spec(model_dir).get("step", -1))
+  except (ValueError, TypeError):  # ModelFormatError is a ValueError
+    return -1
+
+
+def _choose_in_workdir(path: str, best: bool) -> Tuple[str, str]:
+  if best:
+    if not _is_model_dir(os.path.join(path, BEST_MODEL)):
+      raise CheckpointError(f"{path}: no {BEST_MODEL}/ (training writes it when it "
+                            f"evaluates, every eval_every steps)")
+    return BEST, os.path.join(path, BEST_MODEL)
+  steps = valid_steps(os.path.join(path, CHECKPOINT_DIR))
+  final = os.path.join(path, FINAL_MODEL)
+  # A run extended past an earlier end and stopped early has checkpoints newer than final_model.
+  if _is_model_dir(final) and (not steps or _spec_step(final) >= steps[0]):
+    return FINAL, final
+  if steps:
+    return LATEST_CHECKPOINT, os.path.join(path, CHECKPOINT_DIR)
+  raise CheckpointError(f"{path}: neither a model directory ({model_io.SPEC_FILE}) nor a "
+                        f"training workdir ({FINAL_MODEL}/ or {CHECKPOINT_DIR}/"
+                        + (f"; its {BEST_MODEL}/ is used only on request: evaluate --best)"
+                           if _is_model_dir(os.path.join(path, BEST_MODEL)) else ")"))
+
+
+def choose_model(path: str, *, best: bool = False) -> Tuple[str, str]:
+  """`(kind, location)` of the generator `load_for_inference(path, best=best)` loads.
+
+  kind is MODEL_DIR or STEP_DIR for a model directory / checkpoint step directory given
+  directly; for a training workdir FINAL (`final_model/`), else LATEST_CHECKPOINT
+  (`checkpoints/`: its newest readable step), or BEST (`best_model/`, only with `best=True`:
+  the model of the step with the highest mIoU on the evaluation set during training).
   """
   path = _abs(path)
   if not os.path.isdir(path):
     raise CheckpointError(f"{path}: no such directory (expected a model directory or a "
                           f"training workdir)")
-  if _is_model_dir(path):
-    return model_io.load_model(path)
-  best = os.path.join(path, BEST_MODEL)
-  if _is_model_dir(best):
-    return model_io.load_model(best)
-  if valid_steps(os.path.join(path, CHECKPOINT_DIR)):
-    return _load_from_checkpoints(path, "generator")
-  final = os.path.join(path, FINAL_MODEL)
-  if _is_model_dir(final):
-    return model_io.load_model(final)
-  if os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR and \
-      os.path.basename(path).isdigit():
-    return _variables_from_step(path, "generator")
-  raise CheckpointError(f"{path}: neither a model directory ({model_io.SPEC_FILE}) nor a "
-                        f"training workdir ({BEST_MODEL}/, {CHECKPOINT_DIR}/ or "
-                        f"{FINAL_MODEL}/)")
+  if _is_model_dir(path) or _is_step_dir(path):
+    if best:
+      raise CheckpointError(f"{path}: the best model is chosen from a training workdir; this "
+                            f"is a {'model' if _is_model_dir(path) else 'checkpoint step'} "
+                            f"directory")
+    return (MODEL_DIR if _is_model_dir(path) else STEP_DIR), path
+  return _choose_in_workdir(path, best)
 
 
-def load_generator(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """`load_for_inference(path)`, checked to be a generator (a segmentation network)."""
-  variables, spec = load_for_inference(path)
+def load_for_inference(path: str, *, best: bool = False) -> Tuple[Dict[str, Any],
+                                                                   Dict[str, Any]]:
+  """`(variables, spec)` of a generator for evaluation / prediction.
+
+  `path` may be a model directory (`model.json`), one checkpoint step directory
+  (`WORKDIR/checkpoints/<step>`) or a training workdir: its final model (`final_model/`, else
+  the latest readable checkpoint) or, with `best=True`, its `best_model/` (`choose_model`).
+  """
+  kind, location = choose_model(path, best=best)
+  if kind == LATEST_CHECKPOINT:
+    return _load_from_checkpoints(os.path.dirname(location), "generator")
+  if kind == STEP_DIR:
+    return _variables_from_step(location, "generator")
+  return model_io.load_model(location)
+
+
+def load_generator(path: str, *, best: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`load_for_inference(path, best=best)`, checked to be a generator (a segmentation
+  network)."""
+  variables, spec = load_for_inference(path, best=best)
   spec = dict(spec)
   if spec.get("kind", "generator") != "generator":
     raise CheckpointError(f"{path}: holds a {spec.get('kind')} ({spec.get('arch')}), not a "
@@ -125,8 +176,7 @@ def load_discriminator_for_inference(path: str) -> Optional[Tuple[Dict[str, Any]
   """`(variables, spec)` of the (main-level) discriminator of a training workdir's latest
   checkpoint (or of one step directory), or None when the run has no usable D."""
   path = _abs(path)
-  if os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR and \
-      os.path.basename(path).isdigit():
+  if _is_step_dir(path):
     step_dirs = [path]
   else:
     ckpt_dir = os.path.join(path, CHECKPOINT_DIR)

@@ -52,8 +52,16 @@ def _is_image(path: str) -> bool:
   return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def find_images(inputs: Sequence[str], exclude_dir: Optional[str] = None) -> List[InputImage]:
-  """Expands files, folders (recursively) and glob patterns; names outputs uniquely."""
+Skipped = List[Tuple[str, str]]  # (path, problem) of images that cannot be read
+
+
+def find_images(inputs: Sequence[str], exclude_dir: Optional[str] = None,
+                skipped: Optional[Skipped] = None) -> List[InputImage]:
+  """Expands files, folders (recursively) and glob patterns; names outputs uniquely.
+
+  An image whose header cannot be read raises BadExampleError, or with a `skipped` list is
+  appended to it and left out.
+  """
 
   exclude = os.path.abspath(exclude_dir) + os.sep if exclude_dir else None
   found: List[Tuple[str, str]] = []  # (path, relative name)
@@ -94,8 +102,13 @@ def find_images(inputs: Sequence[str], exclude_dir: Optional[str] = None) -> Lis
     seen[stem] = n + 1
     if n:
       stem = f"{stem}_{n}"
-    out.append(InputImage(path, stem, image_io.image_size(path, path)))
-  if not out:
+    try:
+      out.append(InputImage(path, stem, image_io.image_size(path, path)))
+    except image_io.BadExampleError as e:
+      if skipped is None:
+        raise
+      skipped.append((path, e.problem))
+  if not out and not skipped:
     raise PredictError("no input images found")
   return out
 
@@ -178,39 +191,79 @@ def output_paths(out_dir: str, rel: str) -> Dict[str, str]:
 
 
 
+def outputs_complete(out_dir: str, rel: str, overlay: bool, confidence: bool) -> bool:
+  """Whether every requested output of image `rel` exists. Each file is written under a
+  temporary name and renamed, the label PNG last, so an existing set is complete."""
+  paths = output_paths(out_dir, rel)
+  wanted = ["label"] + ["overlay"] * overlay + ["confidence"] * confidence
+  return all(os.path.exists(paths[k]) for k in wanted)
+
+
+def _save_atomically(save: Callable[..., Any], path: str, *args: Any) -> None:
+  tmp = f"{path}.partial-{os.getpid()}"
+  save(tmp, *args)
+  os.replace(tmp, path)
+
+
+def _write_outputs(paths: Dict[str, str], raw: np.ndarray, label: np.ndarray,
+                   conf: Optional[np.ndarray], palette, overlay_alpha: Optional[float]) -> None:
+  """The overlay and confidence PNGs (if wanted), then the label PNG."""
+  if overlay_alpha is not None:
+    _save_atomically(visualize.save_rgb_png, paths["overlay"],
+                     visualize.overlay(raw, label, palette, overlay_alpha))
+  if conf is not None:
+    _save_atomically(visualize.save_rgb_png, paths["confidence"], visualize.confidence_png(conf))
+  _save_atomically(visualize.save_label_png, paths["label"], label, palette)
+
+
+def _decode(group: Sequence[InputImage], skipped: Optional[Skipped]
+            ) -> Tuple[List[InputImage], List[np.ndarray]]:
+  """The images of `group` that decode and their RGB arrays; the others raise
+  BadExampleError, or with a `skipped` list are appended to it."""
+  kept, raw = [], []
+  for im in group:
+    try:
+      raw.append(image_io.decode_image(im.path, im.path))
+      kept.append(im)
+    except image_io.BadExampleError as e:
+      if skipped is None:
+        raise
+      skipped.append((im.path, e.problem))
+  return kept, raw
+
+
 def predict_images(variables, spec: Mapping[str, Any], images: Sequence[InputImage],
                    out_dir: str, *, mode: str, input_size: Tuple[int, int], palette,
                    batch_size: int = 4, pad_multiple: int = 32, flip: bool = False,
                    scales: Sequence[float] = (1.0,), overlay_alpha: Optional[float] = 0.5,
                    save_confidence: bool = False,
-                   progress: Optional[Callable[[Iterable, int], Iterable]] = None) -> int:
+                   progress: Optional[Callable[[Iterable, int], Iterable]] = None,
+                   skipped: Optional[Skipped] = None) -> int:
   """Writes the PNGs of `output_paths` for every image; returns the number of batches.
 
-  `overlay_alpha` None: no overlay; `progress(plan, total)` may wrap the batches.
+  A batch holds only the images it has (`[n <= batch_size, H, W, 3]`, no padding to
+  `batch_size`). `overlay_alpha` None: no overlay; `progress(plan, total)` may wrap the
+  batches; `skipped`: a list that collects images which fail to decode (else they raise).
   """
   predictor = make_label_fn(models.build(spec), flip=flip, scales=scales)
   variables = jax.device_put(dict(variables))
   plan = plan_batches(images, mode, batch_size, pad_multiple)
   os.makedirs(out_dir, exist_ok=True)
   for key, group in (progress(plan, len(plan)) if progress else plan):
-    raw = [image_io.decode_image(im.path, im.path) for im in group]
+    group, raw = _decode(group, skipped)
+    if not group:
+      continue
     xs = [preprocess(r, spec, mode, input_size) for r in raw]
     in_hw, out_hw = (input_size, key) if mode == "resize" else (key, key)
-    batch = np.zeros((batch_size,) + tuple(in_hw) + (3,), np.float32)
+    batch = np.zeros((len(xs),) + tuple(in_hw) + (3,), np.float32)
     for i, x in enumerate(xs):
       batch[i, :x.shape[0], :x.shape[1]] = x  # bottom/right padding with 0 (= the mean)
     pred, conf = predictor(variables, batch, tuple(int(v) for v in out_hw))
     pred, conf = np.asarray(pred), np.asarray(conf)
     for i, im in enumerate(group):
       h, w = im.hw
-      label = pred[i, :h, :w]
-      paths = output_paths(out_dir, im.rel)
-      visualize.save_label_png(paths["label"], label, palette)
-      if overlay_alpha is not None:
-        visualize.save_rgb_png(paths["overlay"],
-                               visualize.overlay(raw[i], label, palette, overlay_alpha))
-      if save_confidence:
-        visualize.save_rgb_png(paths["confidence"], visualize.confidence_png(conf[i, :h, :w]))
+      _write_outputs(output_paths(out_dir, im.rel), raw[i], pred[i, :h, :w],
+                     conf[i, :h, :w] if save_confidence else None, palette, overlay_alpha)
   return len(plan)
 
 

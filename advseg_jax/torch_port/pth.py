@@ -22,7 +22,9 @@ import numpy as np
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2 opcode; legacy torch files start with it.
+# pickle PROTO opcode + protocol 2..5: legacy torch files (and pickles) start with one.
+_PICKLE_MAGICS = tuple(b"\x80" + bytes([p]) for p in range(2, 6))
+_NOT_A_CHECKPOINT = "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
 
 
 class ConversionError(ValueError):
@@ -57,15 +59,23 @@ def _describe_format(path: str) -> str:
     head = f.read(4)
   if head.startswith(_ZIP_MAGIC):
     return "zip"
-  if head.startswith(_PICKLE_MAGIC):
+  if head.startswith(_PICKLE_MAGICS):
     return "legacy"
   return "unknown"
+
+
+def _head_hex(path: str) -> str:
+  with open(path, "rb") as f:
+    return f.read(4).hex(" ")
 
 
 def _load(path: str, trust_pickle: bool) -> Any:
   torch = _import_torch()
   _check_readable(path)
   fmt = _describe_format(path)
+  if fmt == "unknown":  # before torch.load, whose weights-only error would advise unpickling
+    raise ConversionError(f"{path}: {_NOT_A_CHECKPOINT}; it starts with bytes "
+                          f"{_head_hex(path)}")
   try:
     return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
   except Exception as e:  # torch raises many types: UnpicklingError, RuntimeError, EOFError...
@@ -75,12 +85,7 @@ def _load(path: str, trust_pickle: bool) -> Any:
       raise ConversionError(
           f"{path}: holds Python objects other than tensors, which torch.load(weights_only=True) "
           f"refuses ({first}); if you trust the file, re-run with --trust_pickle") from None
-    if fmt == "zip":
-      what = "a truncated or corrupt zip-format PyTorch checkpoint"
-    elif fmt == "legacy":
-      what = "a truncated or corrupt legacy-format PyTorch checkpoint"
-    else:
-      what = "not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)"
+    what = f"a truncated or corrupt {fmt}-format PyTorch checkpoint"
     first = reason.split(". ")[0][:200]
     raise ConversionError(f"{path}: {what}; torch.load failed: {type(e).__name__}: "
                           f"{first}") from None

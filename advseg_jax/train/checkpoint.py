@@ -5,7 +5,8 @@ Workdir layout (all written by `advseg_jax.train.loop`):
     WORKDIR/checkpoints/<step>/        orbax CheckpointManager step directories, items
         g_state/                       generator GState (params, batch_stats, opt_state, step)
         d_state/                       discriminator TrainState (absent for 'supervised')
-        meta/                          JSON: step, rng, seed, best mIoU, split, config, method
+        meta/                          JSON: step, rng, seed, best mIoU, split, config, method,
+                                       checksums (CRC-32 of every g_state / d_state leaf)
         data_iter/                     JSON: each process's data-iterator states
     WORKDIR/checkpoints.corrupt/       step directories that failed to restore (moved aside)
     WORKDIR/best_model/, final_model/  model directories (`advseg_jax.train.export`)
@@ -32,6 +33,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from advseg_jax.config.diff import json_default, json_normal
+from advseg_jax.train import tree_checks
 
 log = logging.getLogger(__name__)
 
@@ -127,29 +129,6 @@ class Restored:
   path: str
 
 
-def _leaf_shapes(tree: Any) -> Dict[str, Tuple[int, ...]]:
-  """`{'a/b/c': shape}` of the leaves of a tree (None is no leaf)."""
-  return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                   for k in p): tuple(np.shape(v))
-          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _check_shapes(item: str, restored: Any, template: Any) -> None:
-  """CheckpointError naming the first leaf whose presence or shape differs (orbax restores
-  the stored shapes whatever the template says)."""
-  got, want = _leaf_shapes(restored), _leaf_shapes(template)
-  for key in want:
-    if key not in got:
-      raise CheckpointError(f"{item}/{key} is missing (the model has it, shape {want[key]})")
-    if tuple(got[key]) != tuple(want[key]):
-      raise CheckpointError(f"{item}/{key} has shape {tuple(got[key])} in the checkpoint, the "
-                            f"model wants {tuple(want[key])}")
-  extra = sorted(set(got) - set(want))
-  if extra:
-    raise CheckpointError(f"{item}/{extra[0]} is in the checkpoint but not in the model"
-                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-
-
 def _stored_leaves(item_dir: str) -> Optional[set]:
   """The leaf paths of a stored orbax item (None if its metadata is unreadable)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -158,7 +137,7 @@ def _stored_leaves(item_dir: str) -> Optional[set]:
       tree = ckptr.metadata(item_dir).item_metadata.tree
   except Exception:  # pylint: disable=broad-except
     return None
-  return set(_leaf_shapes(tree))
+  return set(tree_checks.leaf_shapes(tree))
 
 
 def _g_template_for(item_dir: str, g_template: Any, g_upgrade: Optional[Tuple[Any, Callable]]):
@@ -167,10 +146,10 @@ def _g_template_for(item_dir: str, g_template: Any, g_upgrade: Optional[Tuple[An
   if g_upgrade is None:
     return g_template, None
   stored = _stored_leaves(item_dir)
-  if stored is None or stored == set(_leaf_shapes(g_template)):
+  if stored is None or stored == set(tree_checks.leaf_shapes(g_template)):
     return g_template, None
   old_template, convert = g_upgrade
-  return (old_template, convert) if stored == set(_leaf_shapes(old_template)) else (
+  return (old_template, convert) if stored == set(tree_checks.leaf_shapes(old_template)) else (
       g_template, None)
 
 
@@ -178,8 +157,9 @@ class TrainCheckpointer:
   """orbax `CheckpointManager` over `WORKDIR/checkpoints` with this project's items.
 
   `save()` is asynchronous (the previous save is awaited first); `restore_latest()` walks
-  back from the newest step, reports each step directory that fails to restore in one line
-  and moves it to `WORKDIR/checkpoints.corrupt/` once an older step restored.
+  back from the newest step, reports each step directory that fails to restore (unreadable,
+  other shapes, or bytes that differ from the checksums written with it) in one line and
+  moves it to `WORKDIR/checkpoints.corrupt/` once an older step restored.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
@@ -231,16 +211,20 @@ class TrainCheckpointer:
            data_states: Optional[Mapping[str, Any]] = None) -> None:
     """Starts saving (asynchronously); `g`/`d` must be host trees without a device axis."""
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    g, d = to_host(g), (None if d is None else to_host(d))
+    sums = {"kind": tree_checks.CHECKSUM_KIND, "g_state": tree_checks.checksums(g)}
+    if d is not None:
+      sums["d_state"] = tree_checks.checksums(d)
     items = {
-        "g_state": ocp.args.StandardSave(to_host(g)),
-        "meta": ocp.args.JsonSave(json_normal(dict(meta, step=int(step)))),
+        "g_state": ocp.args.StandardSave(g),
+        "meta": ocp.args.JsonSave(json_normal(dict(meta, step=int(step), checksums=sums))),
         "data_iter": ocp.args.JsonSave({
             "process_count": jax.process_count(),
             "states": json_normal(_process_allgather_json(dict(data_states or {}))),
         }),
     }
     if d is not None:
-      items["d_state"] = ocp.args.StandardSave(to_host(d))
+      items["d_state"] = ocp.args.StandardSave(d)
     self.wait()  # the previous asynchronous save: its error is reported against its step
     self._in_flight = int(step)
     try:
@@ -307,12 +291,28 @@ class TrainCheckpointer:
       r = self._manager.restore(int(step), args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(one_line(e)) from None
-    _check_shapes("g_state", r["g_state"], g_template)
-    if d_template is not None:
-      _check_shapes("d_state", r["d_state"], d_template)
+    self._verify(path, meta, r, g_template, d_template)
     return Restored(step=int(step), g=convert(r["g_state"]) if convert else r["g_state"],
                     d=r["d_state"] if d_template is not None else None,
                     meta=meta, data_states=self._data_states(path, r.data_iter), path=path)
+
+  def _verify(self, path: str, meta: Dict[str, Any], r: Any, g_template: Any,
+              d_template: Any) -> None:
+    """CheckpointError when a restored item has other leaves or shapes than the model, or
+    other bytes than were written (the checksums in meta)."""
+    items = {"g_state": g_template} if d_template is None else {"g_state": g_template,
+                                                                "d_state": d_template}
+    problems = [tree_checks.shape_problem(name, r[name], t) for name, t in items.items()]
+    sums = meta.get("checksums")
+    if sums is None and jax.process_index() == 0:
+      log.info("checkpoint %s has no checksums (written by an earlier version): restored "
+               "without verifying its contents", path)
+    elif sums is not None:
+      problems += [tree_checks.checksum_problem(name, r[name], sums.get(name, {}))
+                   for name in items]
+    problem = next((p for p in problems if p), None)
+    if problem:
+      raise CheckpointError(problem)
 
   @staticmethod
   def _data_states(path: str, data_iter: Any) -> Optional[Dict[str, Any]]:

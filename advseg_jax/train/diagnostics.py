@@ -36,7 +36,11 @@ D_COLLAPSE_ADVICE = (
 
 class NonFiniteError(RuntimeError):
   """A loss, gradient or updated weight became NaN/Inf; the message names the step and the
-  terms."""
+  terms (`step`: that step)."""
+
+  def __init__(self, message: str, step: Optional[int] = None):
+    super().__init__(message)
+    self.step = step
 
 
 def nonfinite_terms(metrics: Mapping[str, float]) -> List[str]:
@@ -60,10 +64,9 @@ def check_finite(step: int, metrics: Mapping[str, float], skip: bool) -> Optiona
     return (f"step {step}: non-finite {', '.join(terms)}; the update was skipped "
             "(diagnostics.skip_nonfinite=True)")
   raise NonFiniteError(
-      f"step {step}: non-finite value in {', '.join(terms)}. The run stops here; the last "
-      "checkpoint before this step is intact and stays the latest. Lower optim_g.lr / "
-      "optim_d.lr or method.lambda_adv, or set --config.diagnostics.skip_nonfinite=True to "
-      "skip such updates.")
+      f"step {step}: non-finite value in {', '.join(terms)}. The run stops here, before "
+      "saving this step. Lower optim_g.lr / optim_d.lr or method.lambda_adv, or set "
+      "--config.diagnostics.skip_nonfinite=True to skip such updates.", step=step)
 
 
 @dataclasses.dataclass

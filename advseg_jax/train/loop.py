@@ -36,7 +36,9 @@ from advseg_jax.config import validation as config_validation
 from advseg_jax.config.diff import config_to_dict
 from advseg_jax.inference.evaluator import Evaluator
 from advseg_jax.models import build_discriminator, build_generator
+from advseg_jax.data.image_io import BadExampleError
 from advseg_jax.train import checkpoint as ckpt_lib
+from advseg_jax.train import diagnostics
 from advseg_jax.train import export as export_lib
 from advseg_jax.train import init as init_lib
 from advseg_jax.train import parallel as parallel_lib
@@ -47,10 +49,13 @@ from advseg_jax.train import summary as summary_lib
 from advseg_jax.train.errors import TrainingError
 from advseg_jax.train.preemption import PreemptionGuard
 from advseg_jax.train.progress import StepLogger
+from advseg_jax.train.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+# What stops a run part-way: reported with summary.json's status "failed: ...".
+RUN_FAILURES = (diagnostics.NonFiniteError, ckpt_lib.CheckpointWriteError, BadExampleError)
 __all__ = ["TrainingError", "train"]
 
 
@@ -152,6 +157,12 @@ class _Trainer:
   def start_logging(self, run: RunState) -> None:
     """metrics.jsonl / TensorBoard, config.json, and the run's first log line."""
     config, plan, par = self.config, self.plan, self.par
+    if self.is_main:
+      metrics_path = os.path.join(self.workdir, logging_utils.JSONL_FILE)
+      dropped = logging_utils.truncate_jsonl(metrics_path, run.step)
+      if dropped:
+        log.info("%s: dropped %d row(s) logged after step %d (the run logs those steps "
+                 "again)", metrics_path, dropped, run.step)
     self.writer = logging_utils.create_writer(self.workdir, enabled=self.is_main)
     if self.is_main:
       logging_utils.write_json(os.path.join(self.workdir, CONFIG_FILE), self.config_dict)
@@ -254,6 +265,11 @@ class _Trainer:
       self.evaluate(run)
     if run.status == "completed":
       self.paths["final_model"] = self.export(ckpt_lib.FINAL_MODEL, run)
+    return self.summarize(run, start_step, t_start)
+
+  def summarize(self, run: RunState, start_step: int, t_start: float) -> Dict[str, Any]:
+    """The summary of the run so far (written by process 0 with the end-of-run table)."""
+    stop = self.plan.stop
     if os.path.isdir(os.path.join(self.workdir, ckpt_lib.BEST_MODEL)):
       self.paths["best_model"] = os.path.join(self.workdir, ckpt_lib.BEST_MODEL)
     summary = summary_lib.make_summary(
@@ -267,35 +283,81 @@ class _Trainer:
       self.paths["summary_json"] = os.path.join(self.workdir, summary_lib.SUMMARY_JSON)
       summary["paths"] = dict(self.paths)
       summary_lib.write_summary(self.workdir, summary)
-      self.print_fn(summary_lib.console_table(summary))
+      if not run.status.startswith("failed"):
+        self.print_fn(summary_lib.console_table(summary))
     self.writer.close()
     return summary
+
+  def fail(self, run: RunState, start_step: int, t_start: float,
+           error: BaseException) -> BaseException:
+    """Records a run stopped by `error` (summary.json status "failed: ..."); returns the
+    error to raise (a non-finite step's with what the checkpoints hold)."""
+    if isinstance(error, diagnostics.NonFiniteError):
+      error = diagnostics.NonFiniteError(
+          f"{error} {self._checkpoint_context(error.step, start_step)}", step=error.step)
+    run.status = f"failed: {ckpt_lib.one_line(error, 400)}"
+    try:
+      self.summarize(run, start_step, t_start)
+    except OSError as e:  # a full disk: the error itself is what the person must see
+      log.warning("could not write the summary of the failed run: %s", ckpt_lib.one_line(e))
+    return error
+
+  def _checkpoint_context(self, bad_step: Optional[int], start_step: int) -> str:
+    """What the checkpoints hold when step `bad_step` was not finite."""
+    if start_step > 0 and bad_step == start_step + 1:
+      return (f"It is the first step after resuming from {self.checkpointer.step_dir(start_step)}"
+              f", so that checkpoint is the likely cause (or a config changed on resume): move "
+              f"it to {ckpt_lib.CORRUPT_DIR}/ to resume from the one before, or start a new "
+              f"--workdir.")
+    done = ckpt_lib.valid_steps(self.checkpointer.directory)
+    if not done:
+      return "No checkpoint was written before this step."
+    return f"The latest checkpoint is step {done[0]}; a rerun resumes from it."
 
 
 def _print_flush(text: str) -> None:
   print(text, flush=True)
 
 
+def _steps(trainer: _Trainer, run: RunState, prefetch: streams_lib.Prefetcher
+           ) -> Optional[BaseException]:
+  """Trains until the end, a preemption or a failure of `RUN_FAILURES` (returned)."""
+  try:
+    try:
+      with PreemptionGuard() as guard:
+        trainer.train_steps(run, prefetch, guard)
+    finally:
+      prefetch.close()
+      trainer.close()
+  except RUN_FAILURES as e:
+    return e
+  return None
+
+
 def train(config: Any, workdir: str, *, allow_config_change: bool = False,
           data_provider: Any = None, config_source: Optional[str] = None,
           print_fn: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary.
+
+  The workdir is locked for the run (`WorkdirLockedError` if another run holds it); a run
+  stopped by one of `RUN_FAILURES` writes summary.json with status "failed: ..." and raises.
+  """
   t_start = time.time()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   par = parallel_lib.Parallel(config.parallel.mode)
   plan = RunPlan.create(config, par)
   os.makedirs(workdir, exist_ok=True)
-  trainer = _Trainer(config, workdir, par, plan, print_fn or _print_flush, config_source)
-  run, resumed_meta = trainer.restore(allow_config_change)
-  start_step = run.step
-  iterators = trainer.open_streams(run, data_provider or data, resumed_meta,
-                                   prepare=data_provider is None)
-  trainer.start_logging(run)
-  prefetch = streams_lib.Prefetcher(iterators)
-  try:
-    with PreemptionGuard() as guard:
-      trainer.train_steps(run, prefetch, guard)
-  finally:
-    prefetch.close()
-    trainer.close()
-  return trainer.finish(run, start_step, t_start)
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    trainer = _Trainer(config, workdir, par, plan, print_fn or _print_flush, config_source)
+    run, resumed_meta = trainer.restore(allow_config_change)
+    start_step = run.step
+    iterators = trainer.open_streams(run, data_provider or data, resumed_meta,
+                                     prepare=data_provider is None)
+    trainer.start_logging(run)
+    error = _steps(trainer, run, streams_lib.Prefetcher(iterators))
+    if error is None:
+      try:
+        return trainer.finish(run, start_step, t_start)
+      except RUN_FAILURES as e:  # the final evaluation or export
+        error = e
+    raise trainer.fail(run, start_step, t_start, error) from None

@@ -6,11 +6,19 @@ rate for the classifier head(s), BN affine frozen (no update, no decay), and the
 branches of the released models untouched (PyTorch skips parameters whose grad is None):
 `grouped_sgd`, an `optax.multi_transform` over the groups 'backbone', 'head' and 'frozen'.
 
-`legacy_duplicate_updates=True` reproduces how PyTorch 0.2-0.4 applied the originals'
-`optim_parameters()`, which lists each bottleneck conv 3 times, each downsample conv 4
-times and the stem once: per iteration and per listing, in order,
-    grad += wd * p;  buf = momentum * buf + grad;  p -= lr * buf
-with the gradient modified in place and one shared momentum buffer (`torch_sgd`).
+`legacy_duplicate_updates=True` (the faithful default) applies the originals'
+`optim_parameters()` listing, which names each bottleneck conv 3 times, each downsample conv
+4 times and the stem once, as `torch.optim.SGD` does: one update per listing (`torch_sgd`).
+`duplicate_rule` picks the PyTorch version whose per-listing step is reproduced:
+  'torch0.4' (PyTorch 0.2-0.4, which trained the released models), per listing, in order,
+      grad += wd * p (in place: the decay terms accumulate over the listings);
+      buf = momentum * buf + grad (one buffer per parameter, shared by its listings);
+      p -= lr * buf
+  'torch2' (`torch.optim.SGD(foreach=False)` of PyTorch 2.x, its CPU default), per listing,
+      grad_j = grad + wd * p (a fresh term); buf = momentum * buf + grad_j; p -= lr * buf
+      with, at the first step, a separate new buffer per listing (buf = grad_j).
+`legacy_duplicate_updates=False` is the correction: each parameter updated once per step
+(`grouped_sgd`).
 
 Discriminator: Adam(1e-4, b1=0.9, b2=0.99) with the same poly decay (or the ICLR
 reproduction's SGD with momentum 0.5, nesterov, weight decay 1e-4).
@@ -85,14 +93,22 @@ class TorchSGDState(NamedTuple):
   momentum: Any
 
 
+DUPLICATE_RULES = ("torch0.4", "torch2")  # see the module docstring
+
+
 def torch_sgd(schedule: Schedule, multiplicity: Any, lr_multiplier: Any, *,
-              momentum: float = 0.9, weight_decay: float = 5e-4) -> optax.GradientTransformation:
+              momentum: float = 0.9, weight_decay: float = 5e-4,
+              rule: str = "torch0.4") -> optax.GradientTransformation:
   """PyTorch SGD (coupled weight decay, dampening 0) with per-leaf multiplicity and LR scale.
 
   Each leaf is updated `multiplicity` times per step (0 = frozen: no update, no decay, no
-  momentum), exactly as PyTorch <= 0.4 did for a parameter listed that many times in one
-  parameter group. Requires `params` in `update`.
+  momentum), as `torch.optim.SGD` does for a parameter listed that many times in one
+  parameter group: `rule` 'torch0.4' as PyTorch 0.2-0.4, 'torch2' as PyTorch 2.x with
+  `foreach=False` (the module docstring gives both). Requires `params` in `update`.
   """
+  if rule not in DUPLICATE_RULES:
+    raise ValueError(f"duplicate rule must be one of {DUPLICATE_RULES}, got {rule!r}")
+  accumulate_decay = rule == "torch0.4"
 
   def init_fn(params):
     return TorchSGDState(count=jnp.zeros([], jnp.int32),
@@ -102,12 +118,16 @@ def torch_sgd(schedule: Schedule, multiplicity: Any, lr_multiplier: Any, *,
     if params is None:
       raise ValueError("torch_sgd needs params")
     lr = schedule(state.count)
+    # torch2: no buffer exists before the first step, so each listing starts a new one.
+    first_step = state.count == 0
 
     def leaf(g, buf, p, k, scale):
+      keep = (momentum if accumulate_decay
+              else jnp.where(first_step, 0.0, momentum).astype(buf.dtype))
       p_new, grad = p, g
       for _ in range(int(k)):
-        grad = grad + weight_decay * p_new
-        buf = momentum * buf + grad
+        grad = (grad if accumulate_decay else g) + weight_decay * p_new
+        buf = keep * buf + grad
         p_new = p_new - (lr * scale).astype(buf.dtype) * buf
       return p_new - p, buf
 
@@ -185,14 +205,14 @@ def momentum_buffers(opt_state: Any, params: Any) -> Any:
 def generator_optimizer(params: Any, cfg: Any, *, head_names, aspp_branches_used: int,
                         num_steps: int) -> optax.GradientTransformation:
   """G optimiser from `config.optim_g` (lr, momentum, weight_decay, power,
-  legacy_duplicate_updates): `torch_sgd` with the legacy listing's multiplicities, else
-  `grouped_sgd`."""
+  legacy_duplicate_updates, duplicate_rule): `torch_sgd` with the originals' listing's
+  multiplicities, else `grouped_sgd`."""
   legacy = bool(cfg.legacy_duplicate_updates)
   mult, lr_mult = generator_param_roles(params, tuple(head_names), aspp_branches_used, legacy)
   schedule = poly_schedule(cfg.lr, num_steps, cfg.power)
   if legacy:
     return torch_sgd(schedule, mult, lr_mult, momentum=cfg.momentum,
-                     weight_decay=cfg.weight_decay)
+                     weight_decay=cfg.weight_decay, rule=cfg.get("duplicate_rule", "torch0.4"))
   return grouped_sgd(schedule, sgd_group_labels(mult, lr_mult), momentum=cfg.momentum,
                      weight_decay=cfg.weight_decay)
 

@@ -17,7 +17,7 @@ from flax.training import train_state
 
 from advseg_jax import methods
 from advseg_jax.models.deeplab import classifier_names
-from advseg_jax.train import optim
+from advseg_jax.train import optim, optim_iclr
 
 
 class GState(train_state.TrainState):
@@ -68,9 +68,13 @@ def create_train_states(config: Any, g_model, d_model, rng: jax.Array,
   if g_variables is None:
     g_variables = init_generator_variables(g_model, g_rng)
   head_names = classifier_names(config.model.arch == "deeplabv2_multi")
-  g_tx = optim.generator_optimizer(g_variables["params"], config.optim_g, head_names=head_names,
-                                   aspp_branches_used=config.model.aspp_branches_used,
-                                   num_steps=config.num_steps)
+  if config.method.name == "iclr2018":  # one group, BN affine trained, nesterov (§8)
+    g_tx = optim_iclr.generator_optimizer(config.optim_g, num_steps=config.num_steps)
+  else:
+    g_tx = optim.generator_optimizer(g_variables["params"], config.optim_g,
+                                     head_names=head_names,
+                                     aspp_branches_used=config.model.aspp_branches_used,
+                                     num_steps=config.num_steps)
   g = GState.create(apply_fn=g_model.apply, params=g_variables["params"],
                     batch_stats=g_variables.get("batch_stats", {}), tx=g_tx)
   d = None

@@ -130,6 +130,99 @@ def _accumulate_gradients(method: Any, ctx: methods.Context, states: TrainStates
   return g_grads, d_grads, batch_stats, metrics
 
 
+def with_schedule_count(opt_state: Any, count: jax.Array) -> Any:
+  """`opt_state` with every optax schedule counter set to `count`: the learning rate then
+  follows the global iteration, as the originals' `poly_lr_scheduler(opt, lr, itr)` does,
+  even for an optimiser that skipped steps (D on unlabelled steps)."""
+  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  return jax.tree.map(
+      lambda n: n._replace(count=jnp.asarray(count, n.count.dtype)) if is_sched(n) else n,
+      opt_state, is_leaf=is_sched)
+
+
+def _g_gradients(loss_fn: Callable, ctx: methods.Context, states: TrainStates, batch_stats,
+                 d_params, batch: Batch):
+  """`(grads, new batch_stats, metrics)` of one generator loss."""
+  (_, (batch_stats, m, _)), grads = jax.value_and_grad(
+      lambda p: loss_fn(ctx, p, batch_stats, d_params, batch, states.step),
+      has_aux=True)(states.g.params)
+  return grads, batch_stats, m
+
+
+def _fill_metrics(metrics: Metrics, names) -> Metrics:
+  """Exactly `names`, 0 where `metrics` has none, in JAX's default float type (the two
+  kinds of D-first step must return the same structure)."""
+  dtype = jnp.result_type(float)
+  return {k: jnp.asarray(metrics.get(k, 0.0), dtype) for k in names}
+
+
+def _make_d_first_step(config: Any, method: Any, ctx: methods.Context, pmean: Callable):
+  """The ICLR-2018 reproduction's iteration (docs/FIDELITY.md §8): on a labelled turn, G's
+  prediction (no gradient) -> D's update -> G's update against the updated D; on an
+  unlabelled turn (before `semi_start`: nothing but the step count), G's update alone."""
+  hp = config.method
+  sync_bn = bool(config.model.sync_bn)
+  offset = int(method.schedule_offset(hp)) if method.schedule_offset else 0
+  train_d = float(hp.lambda_adv) > 0  # else `train_base`: G alone, one forward per step
+  names = tuple(k for k in method.metric_names if train_d or not k.startswith("d/"))
+  semi_start = int(hp.semi_start)
+
+  def apply_g(states, g_grads, batch_stats, g_count):
+    g = states.g.replace(opt_state=with_schedule_count(states.g.opt_state, g_count))
+    bs = batch_stats if sync_bn else pmean(batch_stats)
+    return g.apply_gradients(grads=g_grads).replace(batch_stats=bs)
+
+  def update_d(states, batch, count):
+    """`(new D state, D gradients, D metrics, batch_stats)` of a labelled step."""
+    d_inputs, bs = method.discriminator_inputs(ctx, states.g.params, states.g.batch_stats,
+                                               batch)
+    d_inputs = lax.stop_gradient(d_inputs)
+    (_, m_d), d_grads = jax.value_and_grad(
+        lambda p: method.discriminator_loss(ctx, p, d_inputs, batch), has_aux=True)(
+            states.d.params)
+    d = states.d.replace(opt_state=with_schedule_count(states.d.opt_state, count))
+    d_grads = pmean(d_grads)
+    return d.apply_gradients(grads=d_grads), d_grads, m_d, bs
+
+  def labelled(states, batch, count):
+    if train_d:
+      new_d, d_grads, m_d, bs = update_d(states, batch, count)
+    else:
+      new_d, m_d, bs = states.d, {}, states.g.batch_stats
+      d_grads = jax.tree.map(jnp.zeros_like, states.d.params)
+    g_grads, bs, m_g = _g_gradients(method.generator_loss, ctx, states, bs, new_d.params,
+                                    batch)
+    g_grads = pmean(g_grads)
+    metrics = _fill_metrics({**m_g, **m_d}, names)
+    return apply_g(states, g_grads, bs, count), new_d, g_grads, d_grads, metrics
+
+  def unlabelled(states, batch, count):
+    g_grads, bs, m_g = _g_gradients(method.unlabelled_generator_loss, ctx, states,
+                                    states.g.batch_stats, states.d.params, batch)
+    g_grads = pmean(g_grads)
+    active = states.step >= semi_start  # `--wait_semi`: the original skips the whole step
+    new_g = jax.tree.map(lambda n, o: jnp.where(active, n, o),
+                         apply_g(states, g_grads, bs, count), states.g)
+    metrics = {k: v * active for k, v in _fill_metrics(m_g, names).items()}
+    zero_d = jax.tree.map(jnp.zeros_like, states.d.params)
+    return new_g, states.d, g_grads, zero_d, metrics
+
+  def step(states: TrainStates, batch: Batch, rng: jax.Array) -> Tuple[TrainStates, Metrics]:
+    del rng  # the iteration is deterministic given the batch and the step number
+    count = states.step + offset
+    turn = method.labelled_turn(hp, states.step)
+    if "unlabelled" in batch:
+      new_g, new_d, g_grads, d_grads, metrics = lax.cond(turn, labelled, unlabelled, states,
+                                                          batch, count)
+    else:
+      new_g, new_d, g_grads, d_grads, metrics = labelled(states, batch, count)
+    metrics = pmean(metrics)
+    metrics["labelled_turn"] = turn.astype(jnp.float32)
+    return new_g, new_d, g_grads, d_grads, metrics
+
+  return step
+
+
 def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = None):
   """Returns `step(states, batch, rng) -> (states, metrics)` for `config.method.name`.
 
@@ -146,11 +239,18 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
   num_steps = int(config.num_steps)
   noise_std = float(config.method.get("d_instance_noise", 0.0))
   d_every = int(config.method.get("d_update_every", 1))
+  lr_offset = int(method.schedule_offset(config.method)) if method.schedule_offset else 0
 
   def pmean(x):
     return lax.pmean(x, axis_name) if axis_name is not None else x
 
-  def step(states: TrainStates, batch: Batch, rng: jax.Array) -> Tuple[TrainStates, Metrics]:
+  d_first = (_make_d_first_step(config, method, base_ctx, pmean)
+             if method.discriminator_inputs is not None else None)
+
+  def updates(states: TrainStates, batch: Batch, rng: jax.Array):
+    """`(new_g, new_d, g_grads, d_grads, metrics)` of one step."""
+    if d_first is not None:
+      return d_first(states, batch, rng)
     # The originals' step is deterministic given the batch; `rng` only feeds instance noise.
     ctx = base_ctx
     noise_now = None
@@ -174,18 +274,24 @@ def make_train_step(config: Any, g_model, d_model, axis_name: Optional[str] = No
         d_now = states.step % d_every == 0
         new_d = jax.tree.map(lambda n, o: jnp.where(d_now, n, o), new_d, states.d)
     metrics = pmean(metrics)
+    if method.uses_discriminator:
+      if d_every > 1:
+        metrics["d/updated"] = (states.step % d_every == 0).astype(jnp.float32)
+      if noise_now is not None:
+        metrics["d/instance_noise"] = noise_now
+    return new_g, new_d, g_grads, d_grads, metrics
+
+  def step(states: TrainStates, batch: Batch, rng: jax.Array) -> Tuple[TrainStates, Metrics]:
+    new_g, new_d, g_grads, d_grads, metrics = updates(states, batch, rng)
     # The updated weights too: finite gradients times a large learning rate can overflow them
     # (all of these are identical on every device, so every device takes the same decision).
     finite = _all_finite((metrics, g_grads, d_grads, new_g.params, new_g.batch_stats,
                           new_d.params if method.uses_discriminator else None))
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
-    metrics["lr/g"] = optim.learning_rate(config.optim_g, num_steps, states.step)
+    lr_step = states.step + lr_offset
+    metrics["lr/g"] = optim.learning_rate(config.optim_g, num_steps, lr_step)
     if method.uses_discriminator:
-      metrics["lr/d"] = optim.learning_rate(config.optim_d, num_steps, states.step)
-      if d_every > 1:
-        metrics["d/updated"] = (states.step % d_every == 0).astype(jnp.float32)
-      if noise_now is not None:
-        metrics["d/instance_noise"] = noise_now
+      metrics["lr/d"] = optim.learning_rate(config.optim_d, num_steps, lr_step)
     new_states = TrainStates(step=states.step + 1, g=new_g, d=new_d)
     if skip_nonfinite:
       keep = lambda new, old: jnp.where(finite, new, old)

@@ -8,6 +8,11 @@ One step consumes one batch from every stream the method needs (`methods.streams
     unlabelled  config.data on the remaining ids, labels not decoded
     source      config.data (labelled)            target  config.target_data, no labels
 
+The ICLR-2018 reproduction ('iclr2018') alternates at random between a labelled and an
+unlabelled batch: both streams are read every step and the step itself draws which one it
+trains on (`advseg_jax.methods.iclr2018.labelled_turn`, from the seed and the step number, so the
+draws survive a resume).
+
 The originals' `--batch-size` is per sub-iteration, so each stream yields
 `batch_size * iter_size` images per step (the step splits them into `iter_size` chunks);
 each process reads `batch_size * iter_size / process_count` of them.

@@ -95,6 +95,7 @@ def build_config(method: str, precision: str, depth, width: int, num_classes: in
   c.disc.dtype = precision
   c.batch_size = global_batch
   c.parallel.mode = parallel_mode
+  c.optim_g.legacy_duplicate_updates = False  # as torch_step.py's de-duplicated groups
   if method == "advsemi":
     # Every branch of §6.3 on from step 0 (the README values for the weights).
     c.labelled_fraction = 0.125

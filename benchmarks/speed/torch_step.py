@@ -18,7 +18,7 @@ FCDiscriminator, CrossEntropy2d, BCEWithLogitsLoss2d); the iteration follows doc
 
 `up` = bilinear, align_corners=True. SGD(momentum 0.9, wd 5e-4, 10x LR on the classifier)
 with the poly LR set every iteration; Adam(1e-4, betas (0.9, 0.99)). The parameter groups are
-de-duplicated (modern PyTorch; the engine's default `legacy_duplicate_updates=False`).
+de-duplicated (the engine is timed with `legacy_duplicate_updates=False` to match).
 Differences from the original scripts, all in PyTorch's favour: the confidence map,
 pseudo-labels and one-hot GT are computed on the device (the originals went through numpy on
 the host) and no per-iteration `.item()` logging is done. `--losses reference` (default) keeps

@@ -86,6 +86,39 @@ def test_corrupt_latest_falls_back_and_is_moved_aside(tmp_path):
   c.close()
 
 
+def _big_tree(v):
+  return {"params": {"w": np.linspace(-1, 1, 64 * 1024).astype(np.float32) * v},
+          "step": np.asarray(int(v), np.int32)}
+
+
+def test_flipped_bytes_fail_the_checksums_and_fall_back(tmp_path):
+  """Bytes inverted in the middle of the largest g_state file (its size unchanged) are
+  caught by the checksums stored with the step; the step is reported and moved aside."""
+  wd = str(tmp_path)
+  c = ck.TrainCheckpointer(wd)
+  for s in (2, 4):
+    c.save(s, _big_tree(s), None, _meta(), {})
+  c.close()
+  files = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(wd, "checkpoints", "4",
+                                                                      "g_state")) for f in fs]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    data = bytearray(f.read())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    f.seek(0)
+    f.write(data)
+  messages = []
+  c = ck.TrainCheckpointer(wd, report=messages.append)
+  r = c.restore_latest(_big_tree(0), None)
+  c.close()
+  assert r.step == 2, messages
+  np.testing.assert_array_equal(r.g["params"]["w"], _big_tree(2)["params"]["w"])
+  assert len(messages) == 1 and "checkpoints/4 is incomplete or corrupt (g_state/params/w" \
+      in messages[0] and "checksum mismatch" in messages[0], messages
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints.corrupt")))[0].startswith("4-")
+
+
 def test_missing_item_and_bad_meta_are_reported(tmp_path):
   wd = str(tmp_path)
   _save_steps(wd, [1, 2, 3])
@@ -203,15 +236,38 @@ def test_export_and_load_for_inference(tmp_path):
   assert ds["arch"] == "fc_discriminator" and ds["gan"] == "vanilla" and ds["level"] == "main"
   assert dv["params"]["conv1"]["kernel"].shape == (4, 4, 5, 8)
 
-  # best_model wins once exported
+  # best_model is used only on request (the originals report the final model)
+  with pytest.raises(ck.CheckpointError, match="no best_model/"):
+    loading.load_for_inference(wd, best=True)
   export.export_model(os.path.join(wd, ck.BEST_MODEL), variables, dict(spec, miou=0.3))
-  v3, s3 = loading.load_for_inference(wd)
+  assert loading.choose_model(wd) == (loading.LATEST_CHECKPOINT,
+                                      os.path.join(wd, ck.CHECKPOINT_DIR))
+  assert loading.load_for_inference(wd)[1]["step"] == 3
+  v3, s3 = loading.load_for_inference(wd, best=True)
   assert s3["miou"] == 0.3 and s3["step"] == 7
+  assert loading.choose_model(wd, best=True) == (loading.BEST, os.path.join(wd, ck.BEST_MODEL))
   v4, s4 = loading.load_for_inference(os.path.join(wd, ck.BEST_MODEL))
   assert s4 == s3
+  with pytest.raises(ck.CheckpointError, match="chosen from a training workdir"):
+    loading.load_for_inference(os.path.join(wd, ck.BEST_MODEL), best=True)
   # overwriting an export is atomic and allowed
   export.export_model(os.path.join(wd, ck.BEST_MODEL), variables, dict(spec, miou=0.4))
-  assert loading.load_for_inference(wd)[1]["miou"] == 0.4
+  assert loading.load_for_inference(wd, best=True)[1]["miou"] == 0.4
+  # final_model is the default once written, unless checkpoints are newer (a run extended
+  # past its earlier end that stopped early)
+  export.export_model(os.path.join(wd, ck.FINAL_MODEL), variables, dict(spec, step=2))
+  assert loading.load_for_inference(wd)[1]["step"] == 3
+  export.export_model(os.path.join(wd, ck.FINAL_MODEL), variables, dict(spec, step=9))
+  assert loading.choose_model(wd) == (loading.FINAL, os.path.join(wd, ck.FINAL_MODEL))
+  s5 = loading.load_for_inference(wd)[1]
+  assert s5["step"] == 9 and "miou" not in s5
+  assert loading.choose_model(os.path.join(wd, "checkpoints", "3"))[0] == loading.STEP_DIR
+  only_best = str(tmp_path / "only_best")
+  os.makedirs(only_best)
+  export.export_model(os.path.join(only_best, ck.BEST_MODEL), variables, dict(spec, miou=0.3))
+  with pytest.raises(ck.CheckpointError, match="best_model/ is used only on request"):
+    loading.load_for_inference(only_best)
+  assert loading.load_for_inference(only_best, best=True)[1]["miou"] == 0.3
 
   empty = tmp_path / "empty"
   empty.mkdir()
@@ -233,6 +289,7 @@ def test_generator_sgd_state_of_an_earlier_version_restores(tmp_path):
   from advseg_jax.train import state as state_lib
   config = _tiny_config()
   config.method.name = "supervised"
+  config.optim_g.legacy_duplicate_updates = False        # grouped_sgd
   g_model, rng = build_generator(config.model), jax.random.key(0)
   old_config = _tiny_config()
   old_config.method.name = "supervised"

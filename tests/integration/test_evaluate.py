@@ -15,6 +15,9 @@ from PIL import Image
 
 from advseg_jax.cli import evaluate
 from advseg_jax.data import prepare
+from advseg_jax.models.spec import ModelSpec
+from advseg_jax.torch_port import convert
+from advseg_jax.train import export
 
 from tests.torch_ref import models as tr
 
@@ -222,6 +225,66 @@ def _one_error_line(capsys):
   assert len(err) == 1 and err[0].startswith("error: "), err
   assert "Traceback" not in err[0]
   return err[0]
+
+
+# --------------------------------------------------------------------------- which model
+@pytest.fixture(scope="module")
+def voc_workdir(voc_model, tmp_path_factory):
+  """A training workdir: final_model/ (step 20) holds voc_model's weights, best_model/
+  (step 10, mIoU 0.5 during training) other random weights."""
+  _, pth = voc_model
+  spec = ModelSpec.for_original("deeplabv2", 21, depths=TINY, width=WIDTH)
+  wd = tmp_path_factory.mktemp("workdir")
+  other = tr.randomize_(tr.Res_Deeplab(21, layers=TINY, width=WIDTH), seed=11,
+                        conv_gain=2.0).eval()
+  doc = spec.to_json()
+  export.export_model(str(wd / "final_model"), convert.load_torch_checkpoint(pth, spec),
+                      dict(doc, step=20))
+  export.export_model(str(wd / "best_model"),
+                      convert.load_torch_checkpoint(_save(other, wd / "other.pth"), spec),
+                      dict(doc, step=10, miou=0.5))
+  return str(wd)
+
+
+def _evaluate_json(args, out, capsys):
+  rc = evaluate.main([*args, "--output_json", str(out)])
+  printed = capsys.readouterr().out
+  assert rc == 0, printed
+  return printed, json.loads(out.read_text())
+
+
+def test_workdir_scores_its_final_model_unless_best(voc_model, voc_workdir, data_dir,
+                                                    tmp_path, capsys):
+  common = ["--dataset", "voc_aug", "--data_dir", data_dir, "--no_progress"]
+  final_out, final = _evaluate_json([voc_workdir, *common], tmp_path / "final.json", capsys)
+  assert "scored: the final model (step 20)\n" in final_out and "optimistic" not in final_out
+  best_out, best = _evaluate_json([voc_workdir, "--best", *common], tmp_path / "best.json",
+                                  capsys)
+  assert "scored: the best model (step 10) -- the best model, selected by its mIoU on the " \
+         "evaluation set during training, so this score is optimistic" in best_out
+  assert best["scored"].startswith("scored: the best model")
+  # The final model is voc_model's .pth; the best one is not.
+  _, pth = voc_model
+  _, direct = _evaluate_json(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2"),
+                              *common], tmp_path / "pth.json", capsys)
+  assert final["confusion"] == direct["confusion"] != best["confusion"]
+  # best_model/ named directly is recognised as the best model too.
+  named_out, _ = _evaluate_json([os.path.join(voc_workdir, "best_model"), *common],
+                                tmp_path / "named.json", capsys)
+  assert "selected by its mIoU on the evaluation set" in named_out
+
+
+def test_best_needs_a_workdir_with_a_best_model(voc_model, voc_workdir, data_dir, tmp_path,
+                                                capsys):
+  _, pth = voc_model
+  args = ["--dataset", "voc_aug", "--data_dir", data_dir, "--best"]
+  assert evaluate.main(["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2"), *args]) == 2
+  assert "--best" in _one_error_line(capsys)
+  assert evaluate.main([os.path.join(voc_workdir, "final_model"), *args]) == 2
+  assert "chosen from a training workdir" in _one_error_line(capsys)
+  (tmp_path / "checkpoints").mkdir()
+  assert evaluate.main([str(tmp_path), *args]) == 2
+  assert "no best_model/" in _one_error_line(capsys)
 
 
 def test_missing_checkpoint(capsys, tmp_path):

@@ -57,12 +57,13 @@ def _lines(workdir: str) -> list:
 
 
 class Written:
-  """What a workdir holds before a fault: the step directories and metrics.jsonl."""
+  """What a workdir holds before a fault: the step directories and the metrics.jsonl rows up
+  to the latest of them (a resumed run logs the later steps again, replacing their rows)."""
 
   def __init__(self, workdir: str, steps):
     self.workdir = workdir
     self.steps = {s: _digest(os.path.join(workdir, "checkpoints", str(s))) for s in steps}
-    self.lines = _lines(workdir)
+    self.lines = [l for l in _lines(workdir) if json.loads(l)["step"] <= max(steps)]
     assert all(self.steps.values()) and self.lines
 
   def assert_intact(self, steps=None):
@@ -103,9 +104,13 @@ def test_sigkill_during_async_checkpoint_write_then_resume(reference, data_dir, 
   assert f"checkpoint {os.path.join(wd, 'checkpoints', names[1])} is incomplete (a save that " \
          "never finished); ignored and removed" in err, err
   assert "resuming from" in err and "(step 2)" in err
+  assert "taking over the lock of an earlier run" in err  # the killed run's, stale
   written.assert_intact()
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2", "4"]
   _assert_same_final(wd, reference)
+  # the rows the killed run logged after step 2 were dropped, not repeated
+  rows = loop_helpers.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+  assert [r["step"] for r in rows if "g/loss" in r] == list(range(1, STEPS + 1)), rows
 
 
 def test_sigterm_saves_and_exits_then_resumes(data_dir, tmp_path):
@@ -173,6 +178,78 @@ def test_truncated_latest_checkpoint_falls_back(reference, data_dir, tmp_path, c
   _assert_same_final(wd, reference)
 
 
+def _flip_bytes(path: str, count: int = 64) -> None:
+  """Inverts `count` bytes in the middle of `path` (its size unchanged)."""
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    mid = len(data) // 2 - count // 2
+    data[mid:mid + count] = bytes(b ^ 0xFF for b in data[mid:mid + count])
+    f.seek(0)
+    f.write(data)
+
+
+def _largest_file(root: str) -> str:
+  files = [os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def test_flipped_bytes_in_latest_checkpoint_fall_back(reference, data_dir, tmp_path, capsys):
+  """Bytes inverted inside a g_state data file (no truncation): the checksums written with
+  the step catch it, the step is moved aside and the run resumes from the previous one."""
+  wd = str(tmp_path / "flipped")
+  shutil.copytree(reference, wd)
+  shutil.rmtree(os.path.join(wd, ck.FINAL_MODEL))
+  written = Written(wd, [2])
+  step4 = os.path.join(wd, "checkpoints", "4")
+  _flip_bytes(_largest_file(os.path.join(step4, "g_state")))
+  capsys.readouterr()
+  assert cli.main(loop_helpers.demo_argv(wd, data_dir, steps=STEPS)) == 0
+  err = capsys.readouterr().err
+  assert f"checkpoint {step4} is incomplete or corrupt (g_state/" in err, err[-3000:]
+  assert "checksum mismatch" in err and "using step 2 instead" in err, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  written.assert_intact()
+  moved = os.listdir(os.path.join(wd, ck.CORRUPT_DIR))
+  assert len(moved) == 1 and moved[0].startswith("4-")
+  _assert_same_final(wd, reference)
+
+
+def test_checkpoint_without_checksums_still_restores(reference, data_dir, tmp_path, capsys):
+  """A step written before checksums existed restores (unverified, said in a log line)."""
+  wd = str(tmp_path / "old_format")
+  shutil.copytree(reference, wd)
+  meta_path = os.path.join(wd, "checkpoints", "4", "meta", "metadata")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  assert "checksums" in meta
+  del meta["checksums"]
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  capsys.readouterr()
+  assert cli.main(loop_helpers.demo_argv(wd, data_dir, steps=STEPS)) == 0
+  err = capsys.readouterr().err
+  assert "has no checksums (written by an earlier version)" in err, err[-3000:]
+  assert "(step 4)" in err and not os.path.exists(os.path.join(wd, ck.CORRUPT_DIR))
+
+
+def test_nonfinite_first_step_after_resume_names_the_checkpoint(data_dir, tmp_path, capsys):
+  """A checkpoint whose weights make the next step overflow (written at step 1 of an absurd
+  learning rate): the error names that checkpoint, and summary.json says the run failed."""
+  wd = str(tmp_path / "nan_resume")
+  argv = loop_helpers.demo_argv(wd, data_dir, f"--config.optim_g.lr={ABSURD_LR}",
+                                "--config.checkpoint_every=1", steps=STEPS)
+  assert cli.main(argv + ["--config.num_steps_stop=1"]) == 0
+  capsys.readouterr()
+  assert cli.main(argv + ["--allow_config_change"]) == 1
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("error: step 2: non-finite value in "), last
+  assert "first step after resuming from " + os.path.join(wd, "checkpoints", "1") in last
+  assert "likely cause" in last and "intact" not in last, last
+  summary = json.load(open(os.path.join(wd, "summary.json")))
+  assert summary["status"].startswith("failed: NonFiniteError: step 2"), summary["status"]
+  assert (summary["start_step"], summary["final_step"]) == (1, 2)
+
+
 def test_changed_config_refused_without_touching_the_workdir(reference, data_dir, tmp_path,
                                                              capsys):
   wd = str(tmp_path / "changed")
@@ -216,6 +293,9 @@ def test_full_disk_stops_with_message_and_keeps_what_was_written(reference, data
   finally:
     os.chmod(ckpt_dir, 0o755)
   assert proc.returncode == 1, proc.stderr[-3000:]
+  # the libraries' tracebacks of the aborted writes go to train.log, not to the person
+  assert len(proc.stderr.strip().splitlines()) <= 20, proc.stderr[-5000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1, proc.stderr[-3000:]
   last = errors[0]
@@ -226,6 +306,8 @@ def test_full_disk_stops_with_message_and_keeps_what_was_written(reference, data
   if "checkpoint of step" in last:
     assert "the latest complete checkpoint is step 2 and nothing already saved was changed" \
         in last and "run the same command again to resume" in last
+  assert last.endswith(f"(details: {os.path.join(wd, 'train.log')})"), last
+  assert json.load(open(os.path.join(wd, "summary.json")))["status"].startswith("failed: ")
   written.assert_intact()
   # space again: the same command resumes from step 2 and reaches the reference's result
   assert cli.main(argv) == 0
@@ -309,24 +391,41 @@ def test_init_from_a_model_of_another_arch_or_class_count(reference, data_dir, t
       not os.listdir(os.path.join(wd, "checkpoints"))
 
 
+def _absurd_lr_run(data_dir, wd: str, capsys, *flags: str, code: int = 1) -> str:
+  """Trains the demo with ABSURD_LR and `flags`; the last stderr line."""
+  argv = loop_helpers.demo_argv(wd, data_dir, f"--config.optim_g.lr={ABSURD_LR}", *flags,
+                                steps=STEPS)
+  capsys.readouterr()
+  assert cli.main(argv) == code
+  return capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_nonfinite_loss_stops_before_the_step_is_checkpointed(data_dir, tmp_path, capsys):
   """An absurd G learning rate: after the first update the weights or the losses overflow to
   Inf / NaN. The run stops at that step, and the latest checkpoint holds finite weights."""
   wd = str(tmp_path / "nan")
-  argv = loop_helpers.demo_argv(wd, data_dir, f"--config.optim_g.lr={ABSURD_LR}",
-                                "--config.checkpoint_every=1", steps=STEPS)
-  capsys.readouterr()
-  assert cli.main(argv) == 1
-  last = capsys.readouterr().err.strip().splitlines()[-1]
+  last = _absurd_lr_run(data_dir, wd, capsys, "--config.checkpoint_every=1")
   assert last.startswith("error: step ") and ": non-finite value in " in last, last
   bad_step = int(last.split("error: step ")[1].split(":")[0])
   assert "skip_nonfinite=True" in last
   saved = sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
   assert saved and saved == list(range(1, bad_step)), (saved, bad_step)  # last good = latest
+  assert f"The latest checkpoint is step {saved[-1]}" in last and "intact" not in last, last
+  summary = json.load(open(os.path.join(wd, "summary.json")))
+  assert summary["status"].startswith(f"failed: NonFiniteError: step {bad_step}")
   latest = os.path.join(wd, "checkpoints", str(saved[-1]))
   _assert_finite(loading.load_for_inference(latest)[0], latest)
   rows = loop_helpers.read_jsonl(os.path.join(wd, "metrics.jsonl"))
   assert [r["step"] for r in rows if "g/loss" in r] == list(range(1, bad_step))
+
+
+def test_nonfinite_without_any_checkpoint_says_so(data_dir, tmp_path, capsys):
+  wd = str(tmp_path / "nan_fresh")
+  last = _absurd_lr_run(data_dir, wd, capsys, "--config.checkpoint_every=1000")
+  assert ": non-finite value in " in last and "No checkpoint was written before this step" \
+      in last and "intact" not in last, last
+  assert not ck.valid_steps(os.path.join(wd, "checkpoints"))
+  assert json.load(open(os.path.join(wd, "summary.json")))["status"].startswith("failed: ")
 
 
 def _assert_finite(variables, where: str) -> None:
@@ -344,6 +443,5 @@ def test_nonfinite_updates_are_skipped_with_the_flag(data_dir, tmp_path, capsys)
   capsys.readouterr()
   assert cli.main(argv) == 0
   err = capsys.readouterr().err
-  skipped = [line for line in err.splitlines() if "the update was skipped" in line]
-  assert skipped, err
+  assert [line for line in err.splitlines() if "the update was skipped" in line], err
   _assert_finite(loop_helpers.final_model_variables(wd), "final_model")

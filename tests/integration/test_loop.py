@@ -64,7 +64,7 @@ def test_end_to_end_outputs(reference):
   assert split["fraction"] == 0.25 and split["num_examples"] == 400
   assert os.path.isfile(os.path.join(wd, "config.json"))
 
-  v, spec = loading.load_for_inference(wd)          # best_model
+  v, spec = loading.load_for_inference(wd, best=True)  # best_model
   assert spec["dataset"] == "shapes" and spec["channel_order"] == "RGB"
   assert spec["num_classes"] == 5 and spec["mean_bgr"][0] == pytest.approx(104.00698793)
   assert spec["miou"] == pytest.approx(summary["best_miou"])
@@ -218,8 +218,8 @@ def test_initialisation_from_model_dir_and_pth(reference, tmp_path):
   ref = loop_helpers.final_model_variables(reference)
   c.init.checkpoint = os.path.join(reference, ck.FINAL_MODEL)
   loop_helpers.assert_same_variables(init_lib.initial_generator_variables(c), ref)
-  c.init.checkpoint = reference                       # a workdir: its best_model
-  assert init_lib.initial_generator_variables(c)["params"].keys() == ref["params"].keys()
+  c.init.checkpoint = reference                       # a workdir: its final model
+  loop_helpers.assert_same_variables(init_lib.initial_generator_variables(c), ref)
 
   pth = str(tmp_path / "g.pth")
   convert.save_torch_checkpoint(ref, "deeplabv2", pth)

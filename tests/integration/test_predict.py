@@ -10,6 +10,8 @@ from PIL import Image
 
 from advseg_jax import data, model_io, models, visualize
 from advseg_jax.cli import predict
+from advseg_jax.data import image_io
+from advseg_jax.inference import predict as predict_lib
 from advseg_jax.data import transforms as T
 from advseg_jax.models.deeplab import upsample_logits
 from advseg_jax.models.spec import ModelSpec
@@ -89,8 +91,10 @@ def test_predict_single_file_native_and_glob(model_dir, images, tmp_path):
   names = sorted(os.listdir(out))
   assert names == ["img0.png", "img1.png"]
   assert Image.open(out / "img0.png").size == (52, 40)
-  # A second run refuses to overwrite.
-  assert predict.main([str(paths[0]), "-c", path, "-o", str(out), "--no_progress"]) == 2
+  # A second run skips the images whose outputs exist (the overlay is not asked for).
+  assert predict.main([str(paths[0]), "-c", path, "-o", str(out), "--no_overlay",
+                       "--no_progress"]) == 0
+  assert sorted(os.listdir(out)) == ["img0.png", "img1.png"]
 
 
 def _error(capsys):
@@ -153,3 +157,84 @@ def test_predict_from_torch_checkpoint_matches_model_dir(model_dir, images, tmp_
                        "--depths", "tiny", "--width", "8", "--channel_order", "RGB", "-o",
                        str(b), "--no_overlay", "--no_progress"]) == 0
   assert np.array_equal(np.array(Image.open(a / "img0.png")), np.array(Image.open(b / "img0.png")))
+
+
+class _CountingPredictor:
+  """Stands in for `make_label_fn`: records the batch shapes, predicts class 0 everywhere."""
+
+  def __init__(self):
+    self.shapes = []
+
+  def make(self, model, flip=False, scales=(1.0,)):  # noqa: ARG002 (make_label_fn's signature)
+    def label_fn(variables, batch, out_hw):  # noqa: ARG001
+      self.shapes.append(tuple(batch.shape))
+      n = batch.shape[0]
+      return np.zeros((n,) + tuple(out_hw), np.int32), np.ones((n,) + tuple(out_hw), np.float32)
+    return label_fn
+
+
+@pytest.fixture
+def counting(monkeypatch):
+  counter = _CountingPredictor()
+  monkeypatch.setattr(predict_lib, "make_label_fn", counter.make)
+  return counter
+
+
+def test_single_image_is_not_padded_to_the_batch_size(model_dir, images, tmp_path, counting):
+  path, _, _ = model_dir
+  _, paths = images
+  assert predict.main([str(paths[0]), "-c", path, "-o", str(tmp_path / "o"), "--batch_size",
+                       "8", "--no_progress"]) == 0
+  assert counting.shapes == [(1, 64, 64, 3)]  # 40x52 padded to multiples of 32, one image
+  assert predict.main([str(p) for p in paths] + ["-c", path, "-o", str(tmp_path / "p"),
+                                                  "--batch_size", "8", "--no_progress"]) == 0
+  # padded to multiples of 32: three images share 64x64, one is 96x32
+  assert sorted(s[:3] for s in counting.shapes[1:]) == [(1, 96, 32), (3, 64, 64)]
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+  grey = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)
+  p = tmp_path / "deep.png"
+  Image.fromarray(grey).save(p)
+  assert Image.open(p).mode.startswith("I")
+  rgb = image_io.decode_image(str(p), str(p))
+  assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3)
+  want = np.round(grey / 257.0).astype(np.uint8)
+  assert np.abs(rgb[..., 0].astype(int) - want).max() <= 1
+  assert (rgb == 255).mean() < 0.01  # Pillow's convert('RGB') made 99.6% of it white
+
+
+def test_skip_bad_reports_and_a_rerun_continues(model_dir, tmp_path, capsys, counting):
+  path, _, _ = model_dir
+  folder = tmp_path / "in"
+  folder.mkdir()
+  for i in range(3):
+    Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(folder / f"ok{i}.png")
+  (folder / "garbage.png").write_bytes(b"not a png at all")
+  noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  Image.fromarray(noise).save(folder / "cut.png")
+  whole = (folder / "cut.png").read_bytes()
+  (folder / "cut.png").write_bytes(whole[:len(whole) // 2])  # header fine, data truncated
+  out = tmp_path / "out"
+  argv = [str(folder), "-c", path, "-o", str(out), "--no_progress"]
+  assert predict.main(argv) == 2
+  line = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "garbage.png" in line and "--skip_bad" in line, line
+  assert predict.main(argv + ["--skip_bad"]) == 0
+  captured = capsys.readouterr()
+  warned = [l for l in captured.err.splitlines() if l.startswith("warning: skipped ")]
+  assert len(warned) == 2 and any("garbage.png" in l for l in warned) and any(
+      "cut.png" in l for l in warned), captured.err
+  assert "wrote 3 label PNGs" in captured.out and "skipped 2 images that cannot be read" in \
+      captured.out
+  assert all((out / f"ok{i}.png").exists() and (out / f"ok{i}_overlay.png").exists()
+             for i in range(3))
+  assert not [n for n in os.listdir(out) if "partial" in n]
+  # an interrupted run: one image lacks its overlay; the rerun redoes only that one
+  os.remove(out / "ok1_overlay.png")
+  counting.shapes.clear()
+  assert predict.main(argv + ["--skip_bad"]) == 0
+  captured = capsys.readouterr()
+  assert counting.shapes == [(1, 32, 32, 3)], counting.shapes
+  assert "skipped 2 images whose outputs exist" in captured.out, captured.out
+  assert (out / "ok1_overlay.png").exists()

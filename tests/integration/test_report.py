@@ -42,7 +42,7 @@ def workdir(tmp_path_factory):
   spec["dataset"] = "shapes/source"
   model = models.build(spec)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 33, 33, 3)))
-  model_io.save_model(str(wd / "best_model"), variables, spec)
+  model_io.save_model(str(wd / "final_model"), variables, spec)
   return wd
 
 

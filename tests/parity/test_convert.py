@@ -28,6 +28,7 @@ from advseg_jax.torch_port.convert import (ConversionError, convert_state_dict,
                                            load_torch_checkpoint, to_numpy_state_dict,
                                            to_torch_state_dict)
 
+from tests import seeds
 from tests.torch_ref import models as tr
 
 TOL = 1e-5
@@ -331,6 +332,25 @@ def test_bad_inputs_fail_cleanly(tmp_path, capsys, small_res):
   code, _, err = _run_cli(capsys, path, tmp_path / "trusted", "--arch", "deeplabv2",
                           "--num_classes", 21, *SMALL_FLAGS, "--trust_pickle", "--quiet")
   assert code == 0, err
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path, capsys):
+  """A file of random bytes is "not a PyTorch checkpoint" (the format is checked before
+  torch.load, whose weights-only error used to advise --trust_pickle)."""
+  rng = np.random.default_rng(seeds.draw())
+  for i in range(8):
+    data = bytearray(rng.integers(0, 256, size=4096, dtype=np.uint8).tobytes())
+    if data[:2] == b"PK" or data[0] == 0x80:  # a zip or pickle start: not random enough
+      data[0] = 0x41
+    path = tmp_path / f"random{i}.pth"
+    path.write_bytes(bytes(data))
+    code, _, err = _run_cli(capsys, path, tmp_path / f"out{i}", "--arch", "deeplabv2",
+                            "--num_classes", 21, *SMALL_FLAGS)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {path}: not a PyTorch checkpoint"), lines[0]
+    assert "trust_pickle" not in err, err
+    assert not os.path.exists(tmp_path / f"out{i}")
 
 
 def test_refuses_to_overwrite(tmp_path, capsys, small_res):

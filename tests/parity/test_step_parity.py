@@ -130,6 +130,9 @@ def _config(method: str, num_classes: int, dtype: str = "float32", **method_hp):
   c.num_steps = NUM_STEPS
   c.labelled_fraction = 0.5
   c.optim_g.lr = G_LR
+  # The reference steps torch.optim.SGD over de-duplicated groups, whose momentum buffer
+  # reads back the gradient; the per-listing updates are checked in tests/unit/test_optim.py.
+  c.optim_g.legacy_duplicate_updates = False
   c.optim_d.lr = D_LR
   for k, v in method_hp.items():
     c.method[k] = v

@@ -301,10 +301,9 @@ def advsemi_iteration(model: tr.Res_Deeplab, model_d: nn.Module, optimizer, opti
       d_out = _interp(model_d(F.softmax(pred, dim=1)), size)
       d_out_sigmoid = torch.sigmoid(d_out).detach().numpy().squeeze(axis=1)
       ignore_mask_remain = np.zeros(d_out_sigmoid.shape).astype(bool)
-      loss_semi_adv = hp.lambda_semi_adv * bce_loss(d_out,
-                                                    make_d_label(gt_label, ignore_mask_remain))
-      loss_semi_adv = loss_semi_adv / n
-      _acc(out, "g/loss_semi_adv", loss_semi_adv * n, n)
+      semi_adv_term = bce_loss(d_out, make_d_label(gt_label, ignore_mask_remain))
+      loss_semi_adv = hp.lambda_semi_adv * semi_adv_term / n
+      _acc(out, "g/loss_semi_adv", semi_adv_term, n)  # logged unweighted
       if hp.lambda_semi <= 0 or i_iter < hp.semi_start:
         loss_semi_adv.backward()
         _acc(out, "g/loss_semi", 0.0, n)

@@ -7,6 +7,9 @@
 * `legacy_duplicate_updates=True` == a hand-written PyTorch 0.2-0.4 SGD loop over that
   listing (grad += wd * p in place, one shared momentum buffer, p -= lr * buf, once per
   listing), several steps with the poly schedule.
+* `duplicate_rule='torch2'` == `torch.optim.SGD(foreach=False)` of the installed PyTorch over
+  the same listing; the default 'torch0.4' rule equals it too without weight decay once the
+  momentum buffers exist; the single-parameter figures of docs/FIDELITY.md §1.5.
 * Normal mode == `torch.optim.SGD` with the two de-duplicated parameter groups (10x head) and
   poly LR; D Adam == `torch.optim.Adam(betas=(0.9, 0.99))` with poly LR (also with coupled
   weight decay), and the ICLR reproduction's SGD(momentum 0.5, nesterov, wd 1e-4).
@@ -16,6 +19,8 @@ branches and BN affine get random JAX gradients too: multiplicity 0 must ignore 
 """
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -252,6 +257,142 @@ def test_legacy_and_plain_sgd_differ_only_on_duplicated_tensors():
       assert abs(ratio / expected - 1) < 0.05, (name, count, ratio, expected)
     else:
       assert same, name
+
+
+# --------------------------------------------------------------------------- current PyTorch
+def _current_torch_sgd(model, lr, momentum, wd, *, foreach=False):
+  """`torch.optim.SGD(model.optim_parameters(args), lr, momentum, weight_decay)` of the
+  installed PyTorch over the originals' listing, duplicates kept (it warns about them)."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*duplicate parameters.*")
+    return torch.optim.SGD(ttr.generator_param_groups(model, lr, duplicates=True), lr=lr,
+                           momentum=momentum, weight_decay=wd, foreach=foreach)
+
+
+def _per_listing_tx(params, lr, momentum, wd, rule):
+  cfg = base_config().optim_g
+  cfg.lr, cfg.momentum, cfg.weight_decay, cfg.power = lr, momentum, wd, 0.9
+  cfg.legacy_duplicate_updates, cfg.duplicate_rule = True, rule
+  return optim.generator_optimizer(params, cfg, head_names=("layer5",), aspp_branches_used=2,
+                                   num_steps=NUM_STEPS)
+
+
+def _steps_against_torch(model, opt, template, params, txs, rng, steps):
+  """Runs torch's `opt` and each JAX optimiser `txs[rule] = (tx, state)` over the steps
+  `range(*steps)` on the same random gradients; returns {rule: (worst parameter rel err,
+  worst update rel err)} over the tensors that get a gradient in torch."""
+  named = dict(model.named_parameters())
+  runs = {r: [jax.jit(tx.update), state, params] for r, (tx, state) in txs.items()}
+  worst = {r: (0.0, 0.0) for r in txs}
+  for step in range(*steps):
+    prev = ttr.torch_arrays(model)
+    grads = _random_grads(rng, prev)
+    for name, p in named.items():
+      p.grad = torch.from_numpy(grads[name].copy()) if _live(name) else None
+    ttr.adjust_learning_rate(opt, opt.defaults["lr"], step, NUM_STEPS, 0.9)
+    opt.step()
+    want = ttr.torch_arrays(model)
+    flax_grads = ttr.torch_to_flax_variables(grads, template["params"])
+    for rule, run in runs.items():
+      update, state, cur = run
+      old = ttr.flax_to_torch_arrays(jax.device_get(cur))
+      updates, run[1] = update(flax_grads, state, cur)
+      run[2] = optax.apply_updates(cur, updates)
+      new = ttr.flax_to_torch_arrays(jax.device_get(run[2]))
+      live = [n for n in want if _live(n)]
+      err = max(_rel(new[n], want[n]) for n in live)
+      upd = max(_update_err(new[n], old[n], want[n], prev[n]) for n in live)
+      worst[rule] = (max(worst[rule][0], err), max(worst[rule][1], upd))
+  return worst
+
+
+def test_per_listing_torch2_rule_is_current_torch_sgd_on_the_original_listing():
+  """`duplicate_rule='torch2'` == `torch.optim.SGD(foreach=False)` of the installed PyTorch
+  (2.x) over the originals' listing (bottleneck convs 3x, downsample convs 4x, one group),
+  4 steps with poly LR and weight decay; the 'torch0.4' rule (the default) is not."""
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  lr, momentum, wd = 0.05, 0.9, 5e-3  # large lr and decay: the two rules differ visibly
+  model = tr.randomize_(tr.Res_Deeplab(K, aspp_branches=2, layers=TINY, width=8), seed=seed)
+  template = _g_template()
+  params = ttr.torch_to_flax_variables(model, template)["params"]
+  txs = {rule: _per_listing_tx(params, lr, momentum, wd, rule) for rule in optim.DUPLICATE_RULES}
+  txs = {rule: (tx, tx.init(params)) for rule, tx in txs.items()}
+  opt = _current_torch_sgd(model, lr, momentum, wd)
+  out = _steps_against_torch(model, opt, template, params, txs, rng, (0, 4))
+  err, upd = out["torch2"]
+  assert err <= TOL and upd <= 1e-4, f"torch2 rule: rel err {err:.2e}, update {upd:.2e} " \
+                                     f"(seed {seed})"
+  # The default rule (PyTorch 0.2-0.4) differs on the duplicated tensors by far more.
+  assert out["torch0.4"][1] > 1e-2, f"torch0.4 rule vs torch 2: {out['torch0.4'][1]:.2e}"
+  print(f"per-listing rule torch2 vs torch {torch.__version__} SGD(foreach=False): params "
+        f"{err:.2e}, updates {upd:.2e}; rule torch0.4 vs it: updates {out['torch0.4'][1]:.2e} "
+        f"(seed {seed})")
+
+
+def test_per_listing_rules_differ_only_by_decay_and_first_buffers():
+  """Without weight decay and once every parameter has a momentum buffer, the default
+  'torch0.4' rule is `torch.optim.SGD(foreach=False)` of the installed PyTorch too: the two
+  PyTorch versions differ only in the decay term (accumulated in place over the listings in
+  0.2-0.4) and in the first step's buffers (one per listing in 2.x)."""
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  lr, momentum = 0.05, 0.9
+  model = tr.randomize_(tr.Res_Deeplab(K, aspp_branches=2, layers=TINY, width=8), seed=seed)
+  template = _g_template()
+  params = ttr.torch_to_flax_variables(model, template)["params"]
+  buffers = _random_grads(rng, ttr.torch_arrays(model))
+  opt = _current_torch_sgd(model, lr, momentum, 0.0)
+  for name, p in model.named_parameters():
+    if _live(name):
+      opt.state[p]["momentum_buffer"] = torch.from_numpy(buffers[name].copy())
+  momentum_tree = jax.tree.map(jnp.asarray,
+                               ttr.torch_to_flax_variables(buffers, template["params"]))
+  tx = _per_listing_tx(params, lr, momentum, 0.0, "torch0.4")
+  state = optim.TorchSGDState(count=jnp.asarray(1, jnp.int32), momentum=momentum_tree)
+  err, upd = _steps_against_torch(model, opt, template, params, {"torch0.4": (tx, state)},
+                                  rng, (1, 4))["torch0.4"]
+  assert err <= TOL and upd <= 1e-4, f"rel err {err:.2e}, update {upd:.2e} (seed {seed})"
+
+
+def test_torch_sgd_paths_on_a_duplicated_listing():
+  """The figures docs/FIDELITY.md §1.5 quotes: a parameter (1.0) listed 3 times, unit
+  gradient, lr 0.1, momentum 0.9, two steps. PyTorch 0.2-0.4 (`LegacySGD`) and the 'torch0.4'
+  rule: 0.439, -0.782969; PyTorch 2.x `foreach=False` and the 'torch2' rule: 0.7, -0.1049;
+  2.x `foreach=True` (its default on GPUs; run here on CPU): 0.7, -0.4187, neither."""
+  def torch_run(make):
+    p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=".*duplicate parameters.*")
+      opt = make([{"params": [p, p, p]}])
+    values = []
+    for _ in range(2):
+      p.grad = torch.ones_like(p)
+      opt.step()
+      values.append(float(p.detach()[0]))
+    return values
+
+  def jax_run(rule):
+    tx = optim.torch_sgd(lambda count: jnp.asarray(0.1), {"w": 3}, {"w": 1.0}, momentum=0.9,
+                         weight_decay=0.0, rule=rule)
+    params = {"w": jnp.ones((1,))}
+    state, values = tx.init(params), []
+    for _ in range(2):
+      updates, state = tx.update({"w": jnp.ones((1,))}, state, params)
+      params = optax.apply_updates(params, updates)
+      values.append(float(params["w"][0]))
+    return values
+
+  sgd = lambda foreach: lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, foreach=foreach)
+  legacy = torch_run(lambda g: tr.LegacySGD(g, lr=0.1, momentum=0.9))
+  single, foreach = torch_run(sgd(False)), torch_run(sgd(True))
+  np.testing.assert_allclose(legacy, [0.439, -0.782969], atol=1e-12)
+  np.testing.assert_allclose(jax_run("torch0.4"), legacy, atol=1e-6)
+  np.testing.assert_allclose(single, [0.7, -0.1049], atol=1e-12)
+  np.testing.assert_allclose(jax_run("torch2"), single, atol=1e-6)
+  np.testing.assert_allclose(foreach, [0.7, -0.4187], atol=1e-12)
+  print(f"torch {torch.__version__}: foreach=False {single}, foreach=True {foreach}, "
+        f"0.2-0.4 {legacy}")
 
 
 # --------------------------------------------------------------------------- D optimisers

@@ -17,6 +17,7 @@ Streams per method:
   advsemi     labelled, gt (D's real one-hots), unlabelled (when a semi term is on)
   adaptseg    source (labelled), target (unlabelled)
   luc         labelled
+  iclr2018    labelled, unlabelled (when steps alternate); D-first (`methods.iclr2018`)
 
 Metric names: `g/*` generator terms, `d/*` discriminator terms, `semi/*` confidence maps.
 "Real" is the side G tries to resemble (ground truth in advsemi/luc, source in adaptseg).
@@ -32,9 +33,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from advseg_jax import losses
+from advseg_jax.methods import iclr2018 as methods_iclr
 from advseg_jax.models.deeplab import upsample_logits
 
-METHODS = ("supervised", "advsemi", "adaptseg", "luc")
+METHODS = ("supervised", "advsemi", "adaptseg", "luc", "iclr2018")
 LABEL_ENCODINGS = ("basic", "product", "scaling")
 
 Metrics = Dict[str, jax.Array]
@@ -127,7 +129,8 @@ def advsemi_generator_loss(ctx, g_params, batch_stats, d_params, batch, step):
     batch_stats = jax.tree.map(lambda a, b: jnp.where(active, a, b), bs_u, batch_stats)
     p_u = upsample_logits(levels_u[-1], size)
     d_u = _d_map(ctx, dp, jax.nn.softmax(p_u, axis=-1), size)
-    semi_adv = hp.lambda_semi_adv * losses.gan_loss(d_u, 1.0, ctx.gan, None, ctx.axis_name)
+    semi_adv_term = losses.gan_loss(d_u, 1.0, ctx.gan, None, ctx.axis_name)
+    semi_adv = hp.lambda_semi_adv * semi_adv_term
     conf = lax.stop_gradient(losses.real_probability(d_u, ctx.gan))
     pseudo = jnp.argmax(lax.stop_gradient(p_u), axis=-1)
     pseudo = jnp.where(conf < hp.mask_T, losses.IGNORE_LABEL, pseudo)
@@ -141,7 +144,7 @@ def advsemi_generator_loss(ctx, g_params, batch_stats, d_params, batch, step):
                        semi_adv)
     loss = loss + jnp.where(active, branch, 0.0)
     metrics.update({
-        "g/loss_semi_adv": semi_adv,
+        "g/loss_semi_adv": semi_adv_term,  # unweighted, like the other terms
         "g/loss_semi": jnp.where(semi_on, semi_ce, 0.0),
         "semi/mask_ratio": losses.masked_mean(valid.astype(p_u.dtype), None, ctx.axis_name),
         "semi/active": semi_on.astype(jnp.float32),
@@ -325,9 +328,20 @@ def luc_discriminator_loss(ctx, d_params, d_inputs, batch):
 # ----------------------------------------------------------------------------- registry
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """A method's loss functions. With `discriminator_inputs` set the step is D-first (the
+  ICLR-2018 reproduction): `discriminator_inputs(ctx, g_params, batch_stats, batch) ->
+  (d_inputs, batch_stats)`, D's update, then `generator_loss` against the updated D; steps
+  where `labelled_turn(hp, step)` is False run `unlabelled_generator_loss` instead and leave
+  D alone."""
   name: str
   generator_loss: Callable[..., Any]
   discriminator_loss: Optional[Callable[..., Any]]
+  discriminator_inputs: Optional[Callable[..., Any]] = None
+  unlabelled_generator_loss: Optional[Callable[..., Any]] = None
+  labelled_turn: Optional[Callable[..., Any]] = None
+  # D-first: hp -> the original's iteration number (its poly schedule's) minus the step's
+  schedule_offset: Optional[Callable[[Any], int]] = None
+  metric_names: Tuple[str, ...] = ()  # D-first: every metric either kind of step reports
 
   @property
   def uses_discriminator(self) -> bool:
@@ -345,6 +359,8 @@ def streams(method: str, hp: Any) -> Tuple[str, ...]:
     return s
   if method == "adaptseg":
     return ("source", "target")
+  if method == "iclr2018":
+    return methods_iclr.streams(hp)
   raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
@@ -363,6 +379,11 @@ def get_method(name: str) -> Method:
       "advsemi": Method("advsemi", advsemi_generator_loss, advsemi_discriminator_loss),
       "adaptseg": Method("adaptseg", adaptseg_generator_loss, adaptseg_discriminator_loss),
       "luc": Method("luc", luc_generator_loss, luc_discriminator_loss),
+      "iclr2018": Method("iclr2018", methods_iclr.generator_loss,
+                         methods_iclr.discriminator_loss, methods_iclr.discriminator_inputs,
+                         methods_iclr.unlabelled_generator_loss, methods_iclr.labelled_turn,
+                         schedule_offset=methods_iclr.schedule_offset,
+                         metric_names=methods_iclr.G_METRICS + methods_iclr.D_METRICS),
   }
   if name not in table:
     raise ValueError(f"method must be one of {METHODS}, got {name!r}")
