@@ -39,7 +39,9 @@ Presets (ARG after the colon; append ',runlocal' for a tiny smoke run):
   configs/voc.py:{baseline,adv,semi}_{0.125,0.25,0.5,1.0}   AdvSemiSeg, PASCAL VOC
   configs/gta5_cityscapes.py:{multi,single,lsgan,multi_torch04}   AdaptSegNet
   configs/synthia_cityscapes.py:{multi,single}_{16,13}   AdaptSegNet, SYNTHIA source
-  configs/luc.py:{basic,product,scaling}            Luc et al. image+label discriminator
+  configs/luc.py:[stanford_]{basic,product,scaling}   Luc et al. image+label discriminator
+  configs/iclr2018.py:{base,adv}_{1.0,0.5}|semi_0.5   the ICLR-2018 reproduction, VOC
+  configs/digits.py:CELL                             digits_m benchmark (needs the digits extra)
 
 Any config field can be overridden, e.g. --config.num_steps=1000 --config.method.lambda_adv=0.02
 --config.data.crop_size="(321,321)" --config.init.checkpoint=resnet101COCO-41f33a49.pth;
