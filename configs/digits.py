@@ -14,10 +14,12 @@ ARG[,runlocal]:
   validation:
     source_only      supervised on source only: no target image reaches G, so BN's running
                      statistics are source statistics
-    source_only_tbn  source only with target BN statistics: the AdaptSegNet run with every
+    source_only_tbn  source only with target images in BN: the AdaptSegNet run with every
                      adversarial weight 0, so target images reach G only through the BN
-                     statistics of its train-mode passes (the second BN treatment of the
-                     source-only baseline)
+                     statistics of its joint train-mode batches (a second BN treatment of
+                     the source-only baseline; the benchmark also scores both source-only
+                     cells with BN statistics recomputed on target images, `evaluate
+                     --bn_stats_from`)
     single           AdaptSegNet single-level (lambda_seg 0, adv_aux 0, adv 0.001) [§7.1]
     multi            AdaptSegNet multi-level (0.1, 0.0002, 0.001) [§7.1]
     lsgan            AdaptSegNet single-level LS-GAN (0, 0, 0.01, gan 'ls') [§7.1]
@@ -25,14 +27,22 @@ ARG[,runlocal]:
 
 Network (every cell alike): DeepLab-v2 with a tiny ResNet (one bottleneck per stage, width
 16, output stride 8) and ASPP, no pretrained weights, so G's learning rate is 20x the
-originals' (5e-3); the 5-layer fully convolutional D of width 16 (3x3 output on the 96x96
-scenes). All adaptation cells use the two-head network (DeeplabMulti), like AdaptSegNet.
-Method hyper-parameters are the originals' (docs/FIDELITY.md §6.1, §7.1); the BN treatment
-is the library's only one: separate train-mode passes per stream, evaluation with the
-running statistics. A method and its baseline share network, schedule (`NUM_STEPS` steps at
-batch 8, poly decay) and seed (which fixes the labelled subset and the initialisation).
-No random mirroring (a mirrored digit is not a digit). Section marks such as [§7.1] name
-sections of docs/FIDELITY.md.
+originals' (5e-3); the fully convolutional D of width 16 with three stride-2 convs of its
+five (`disc.num_downsamples=3`: a 12x12 map on the 96x96 scenes, where the originals' five
+give 3x3, too coarse for AdvSemiSeg's per-pixel confidence map). All adaptation cells use
+the two-head network (DeeplabMulti), like AdaptSegNet. Method hyper-parameters are the
+originals' (docs/FIDELITY.md §6.1, §7.1).
+
+BN: the adaptation cells that pass target images through G (`source_only_tbn` and the three
+AdaptSegNet cells) run source and target as one train-mode batch (`method.bn_domains=
+'joint'`), so BN normalises both with the same statistics; the originals' separate passes
+(each domain normalised with its own batch statistics during training, evaluation with the
+mixed running statistics) let G solve each domain in its own normalisation, which evaluation
+does not reproduce. `source_only` never sees a target image. The semi-supervised cells keep
+the originals' separate passes (one domain). A method and its baseline share network,
+schedule (`NUM_STEPS` steps at batch 8, poly decay), BN treatment and seed (which fixes the
+labelled subset and the initialisation). No random mirroring (a mirrored digit is not a
+digit). Section marks such as [§7.1] name sections of docs/FIDELITY.md.
 """
 
 from advseg_jax.config import defaults, presets
@@ -71,6 +81,7 @@ def _method(c, name: str) -> None:
   elif name in ADAPTSEG_WEIGHTS:
     m.name = "adaptseg"
     m.lambda_seg, m.lambda_adv_aux, m.lambda_adv, m.gan = ADAPTSEG_WEIGHTS[name]
+    m.bn_domains = "joint"                       # one BN batch of source + target (above)
 
 
 def get_config(arg=None):
@@ -99,6 +110,7 @@ def get_config(arg=None):
   c.model.bn_mode = "batch_stats"       # [§1.1] the originals' model.train()
   c.disc.arch = "fc"
   c.disc.ndf = 16
+  c.disc.num_downsamples = 3            # a 12x12 D map on 96x96 scenes (above)
   c.optim_g.lr = 5e-3                   # 20x [§6.1]: no pretrained initialisation here
   c.optim_g.legacy_duplicate_updates = False  # [§1.5] the correction, as in demo.py
   c.optim_d.lr = 1e-4                   # [§6.1], [§7.1]

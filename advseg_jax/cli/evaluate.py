@@ -16,6 +16,7 @@ from absl import flags
 from advseg_jax import data
 from advseg_jax.cli import common, outputs
 from advseg_jax.data import registry
+from advseg_jax.inference import bn_stats
 from advseg_jax.inference import evaluate as ev
 from advseg_jax.inference import loading
 
@@ -67,6 +68,17 @@ def _define_protocol_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("batch_size", 1,
                        "images per forward pass (1 like the originals; results do not depend "
                        "on it)", lower_bound=1, flag_values=fv)
+  flags.DEFINE_string("bn_stats_from", None,
+                      "DATASET[:SPLIT]: before scoring, replace the model's BN running "
+                      "statistics with statistics recomputed on these images (AdaBN; e.g. "
+                      "digits_m/target:train for a source-only model; SPLIT defaults to "
+                      "train; not in the originals)", flag_values=fv)
+  flags.DEFINE_integer("bn_stats_images", 512,
+                       "with --bn_stats_from: at most this many images (the split's first)",
+                       lower_bound=2, flag_values=fv)
+  flags.DEFINE_integer("bn_stats_batch_size", 8,
+                       "with --bn_stats_from: images per train-mode batch; each BN's statistics "
+                       "are averaged over the batches", lower_bound=2, flag_values=fv)
 
 
 def define_flags() -> flags.FlagValues:
@@ -134,14 +146,33 @@ def _scored_model(kind: Optional[str], spec) -> Optional[str]:
   return line
 
 
+def _recompute_bn(fv: flags.FlagValues, variables, spec, protocol):
+  """--bn_stats_from: (variables with recomputed BN statistics, the line that says so)."""
+  dataset, _, split = fv.bn_stats_from.partition(":")
+  try:
+    registry.get_info(*registry.split_name(dataset))
+  except (KeyError, ValueError) as e:
+    raise common.UsageError(f"--bn_stats_from: {common.one_line(e).strip(chr(34))}") from None
+  try:
+    variables, n = bn_stats.recompute_on_split(
+        variables, spec, dataset, split=split or "train", data_dir=fv.data_dir,
+        input_size=protocol.input_size if protocol.eval_mode == "resize" else None,
+        batch_size=fv.bn_stats_batch_size, max_images=fv.bn_stats_images)
+  except bn_stats.BNStatsError as e:
+    raise common.UsageError(f"--bn_stats_from {fv.bn_stats_from}: {e}") from None
+  return variables, f"BN statistics: recomputed on {dataset} {split or 'train'} ({n} images)"
+
+
 def _print_result(fv: flags.FlagValues, result: ev.EvalResult, source: str,
-                  scored: Optional[str]) -> None:
+                  scored: Optional[str], bn_note: Optional[str] = None) -> None:
   protocol = result.protocol
   size = {"pad": f", padded to {protocol.pad_size}",
           "resize": f", input resized to {protocol.input_size}"}.get(protocol.eval_mode, "")
   print(f"checkpoint: {source}")
   if scored:
     print(scored)
+  if bn_note:
+    print(bn_note)
   print(f"dataset: {result.settings['dataset']} {result.settings['split']}, "
         f"{result.num_images} images, protocol {protocol.name}{size}, flip {fv.flip}, "
         f"scales {list(fv.scales)}")
@@ -151,6 +182,7 @@ def _print_result(fv: flags.FlagValues, result: ev.EvalResult, source: str,
     doc["checkpoint"] = source
     if scored:
       doc["scored"] = scored
+    doc["bn_stats"] = bn_note or "stored running statistics"
     with open(fv.output_json, "w") as f:
       json.dump(doc, f, indent=2)
       f.write("\n")
@@ -175,6 +207,9 @@ def _run(fv: flags.FlagValues, positional: List[str]) -> int:
   choice = ev.choose_dataset(fv.dataset, spec)
   protocol = ev.resolve_protocol(fv.protocol, spec, choice, pad_size=fv.pad_size,
                                  input_size=fv.input_size, mean_mode=fv.mean_mode)
+  bn_note = None
+  if fv.bn_stats_from:
+    variables, bn_note = _recompute_bn(fv, variables, spec, protocol)
   split = fv.split or ev.default_split(spec, choice)
   bar = lambda batches, total: common.progress(  # noqa: E731
       batches, total=total, desc=f"evaluate {choice.full_name}", enabled=not fv.no_progress)
@@ -183,7 +218,7 @@ def _run(fv: flags.FlagValues, positional: List[str]) -> int:
                        save_dir=fv.save_predictions, max_batches=fv.max_batches, progress=bar)
   if result.num_images == 0:
     raise common.UsageError(f"split {split!r} of {choice.full_name} has no images")
-  _print_result(fv, result, source, _scored_model(kind, spec))
+  _print_result(fv, result, source, _scored_model(kind, spec), bn_note)
   return 0
 
 

@@ -56,6 +56,9 @@ def _method_config() -> ml_collections.ConfigDict:
   m.d_update_every = 1        # apply D's update every N-th step (1 = every step)
   m.lambda_seg = 0.1          # §7.1 aux CE weight (multi-level)
   m.lambda_adv_aux = 0.0002   # §7.1 lambda_adv_target1
+  # advsemi / adaptseg: 'separate' train-mode G passes per stream (the originals) or one
+  # 'joint' pass on both streams, so BN's batch statistics mix them (advseg_jax.methods).
+  m.bn_domains = "separate"
   m.label_encoding = "basic"  # luc: 'basic' | 'product' | 'scaling'
   # iclr2018 (§8): each step is labelled with this probability, else unlabelled (0.5 in its
   # semi mode, `random.random() < 0.5`), drawn from alternation_seed and the step number.
@@ -136,6 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.disc = ml_collections.ConfigDict()
   c.disc.arch = "fc"          # §4.1
   c.disc.ndf = 64
+  c.disc.num_downsamples = 5  # 'fc' only: stride-2 convs of the five (§4.1: all five)
   c.disc.dtype = "float32"
   c.optim_g, c.optim_d = _optimiser_configs()
 

@@ -72,6 +72,11 @@ def _check_method(c: Any) -> None:
   _check(m.name in methods.METHODS, "method.name", f"one of {methods.METHODS}", m.name)
   _check(m.gan in ("vanilla", "ls", "softmax2"), "method.gan", "'vanilla', 'ls' or 'softmax2'",
          m.gan)
+  bn_domains = m.get("bn_domains", "separate")
+  _check(bn_domains in methods.BN_DOMAINS, "method.bn_domains", f"one of {methods.BN_DOMAINS}",
+         bn_domains)
+  _check(bn_domains == "separate" or m.name in ("advsemi", "adaptseg"), "method.bn_domains",
+         "'separate' unless method.name is 'advsemi' or 'adaptseg' (one stream)", bn_domains)
   for f in ("lambda_adv", "lambda_semi", "lambda_semi_adv", "lambda_seg", "lambda_adv_aux"):
     _check(_is_num(m[f]) and m[f] >= 0, f"method.{f}", "a number >= 0", m[f])
   _check(_is_num(m.mask_T) and 0 <= m.mask_T <= 1, "method.mask_T", "a number in [0, 1]",
@@ -197,6 +202,10 @@ def _check_data_diagnostics_init(c: Any) -> None:
          and 0.5 <= c.diagnostics.d_collapse_accuracy <= 1, "diagnostics.d_collapse_accuracy",
          "an accuracy in [0.5, 1]", c.diagnostics.d_collapse_accuracy)
   _check(isinstance(c.disc.ndf, int) and c.disc.ndf >= 1, "disc.ndf", "an int >= 1", c.disc.ndf)
+  nd = c.disc.get("num_downsamples", 5)
+  _check(nd in (1, 2, 3, 4, 5), "disc.num_downsamples", "1..5", nd)
+  _check(nd == 5 or c.disc.arch == "fc", "disc.num_downsamples",
+         "5 unless disc.arch == 'fc'", nd)
   _check(c.disc.dtype in DTYPES, "disc.dtype", f"one of {sorted(DTYPES)}", c.disc.dtype)
   _check(not needs_x64(c.disc.dtype), "disc.dtype", _X64_NOTE, c.disc.dtype)
   _check(isinstance(c.seed, int), "seed", "an int", c.seed)

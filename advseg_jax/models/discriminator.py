@@ -4,6 +4,9 @@
   with LeakyReLU(0.2) between them, raw logits, no normalisation. Input: class probabilities
   [N, H, W, C]; output [N, floor(H/32), floor(W/32), 1] (321 -> 10, 512x1024 -> 16x32).
   Parameters `conv{1..4}`, `classifier` (kernel HWIO, bias) <- `conv{1..4}.*`, `classifier.*`.
+  `num_downsamples=n < 5` (not in the originals) keeps the first n convs at stride 2 and runs
+  the others at stride 1 on an input padded by (1, 2) zeros, which keeps the size: output
+  [N, ~H/2^n, ~W/2^n, 1] with the same parameters, a finer map for small inputs.
 * `FCDiscriminator(padding=2, out_channels=2, upsample_to_input=True)` -- the ICLR-2018
   reproduction (mohitzsh `Dis`): 2-class logits upsampled inside the module by five
   (bilinear x2, drop last row/column) steps: 321 -> 11 -> 21 -> ... -> 321.
@@ -39,19 +42,29 @@ class FCDiscriminator(nn.Module):
   out_channels: int = 1
   upsample_to_input: bool = False
   negative_slope: float = 0.2
+  num_downsamples: int = 5
   dtype: Any = jnp.float32
+
+  def _conv(self, x: jax.Array, features: int, index: int, name: str) -> jax.Array:
+    """The index-th 4x4 conv: stride 2 for the first `num_downsamples`, else size-keeping."""
+    if index < self.num_downsamples:
+      return _torch_conv(features, 4, x.shape[-1], stride=2, padding=self.padding,
+                         dtype=self.dtype, name=name)(x)
+    x = jnp.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0)))
+    return _torch_conv(features, 4, x.shape[-1], dtype=self.dtype, name=name)(x)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if not 1 <= self.num_downsamples <= 5:
+      raise ValueError(f"num_downsamples must be 1..5, got {self.num_downsamples}")
+    if self.upsample_to_input and self.num_downsamples != 5:
+      raise ValueError("upsample_to_input (the ICLR-2018 D) needs num_downsamples=5")
     in_hw = x.shape[1:3]
     x = x.astype(self.dtype)
     widths = (self.ndf, self.ndf * 2, self.ndf * 4, self.ndf * 8)
     for i, width in enumerate(widths):
-      x = _torch_conv(width, 4, x.shape[-1], stride=2, padding=self.padding, dtype=self.dtype,
-                      name=f"conv{i + 1}")(x)
-      x = layers.leaky_relu(x, self.negative_slope)
-    x = _torch_conv(self.out_channels, 4, x.shape[-1], stride=2, padding=self.padding,
-                    dtype=self.dtype, name="classifier")(x)
+      x = layers.leaky_relu(self._conv(x, width, i, f"conv{i + 1}"), self.negative_slope)
+    x = self._conv(x, self.out_channels, 4, "classifier")
     x = to_wide(x)
     if self.upsample_to_input:
       for _ in range(5):  # F.upsample_bilinear(x, scale_factor=2)[:, :, :-1, :-1]

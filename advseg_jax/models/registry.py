@@ -35,7 +35,11 @@ def build(spec: Union[ModelSpec, Mapping[str, Any]], *, bn_axis_name: Optional[s
   arch = architecture(spec.arch)
   dtype = resolve_dtype(spec.dtype, "dtype")
   if arch.config_name == "fc":
-    return FCDiscriminator(ndf=int(spec.ndf), dtype=dtype)
+    return FCDiscriminator(ndf=int(spec.ndf), num_downsamples=int(spec.num_downsamples),
+                           dtype=dtype)
+  if arch.config_name != "fc" and int(spec.num_downsamples) != 5:
+    raise ValueError(f"num_downsamples applies to the 'fc' discriminator only, got "
+                     f"{spec.num_downsamples} for {arch.name!r}")
   if arch.config_name == "fc2":
     return FCDiscriminator(ndf=int(spec.ndf), padding=2, out_channels=2,
                            upsample_to_input=True, dtype=dtype)

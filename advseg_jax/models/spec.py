@@ -9,7 +9,7 @@ describe a model with this dataclass:
     json.dump(spec.to_json(), f)
 
 Generator fields: depths, width, stride_in_1x1, aspp_branches_used, bn_mode, channel_order,
-mean_bgr, dtype. Discriminator fields: ndf, dtype. `num_classes` is the classifier's outputs
+mean_bgr, dtype. Discriminator fields: ndf, num_downsamples, dtype. `num_classes` is the classifier's outputs
 of a generator and the input channels of a discriminator. Images are NHWC on the 0-255 scale;
 subtract `mean_bgr` (re-ordered to `channel_order`) before feeding a generator.
 """
@@ -25,7 +25,7 @@ from advseg_jax.models.layers import BN_MODES
 
 GENERATOR_FIELDS = ("depths", "width", "stride_in_1x1", "aspp_branches_used", "bn_mode",
                     "channel_order", "mean_bgr")
-DISCRIMINATOR_FIELDS = ("ndf",)
+DISCRIMINATOR_FIELDS = ("ndf", "num_downsamples")
 
 
 class SpecError(ValueError):
@@ -50,6 +50,7 @@ class ModelSpec:
   channel_order: str = "RGB"
   mean_bgr: Tuple[float, ...] = CAFFE_MEAN_BGR
   ndf: int = 64
+  num_downsamples: int = 5
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -71,6 +72,8 @@ class ModelSpec:
            self.aspp_branches_used)
     _check(self.bn_mode in BN_MODES, "bn_mode", f"one of {BN_MODES}", self.bn_mode)
     _check(len(self.mean_bgr) == 3, "mean_bgr", "3 values (B, G, R)", self.mean_bgr)
+    _check(self.num_downsamples in (1, 2, 3, 4, 5), "num_downsamples", "1..5",
+           self.num_downsamples)
 
   @property
   def kind(self) -> str:
@@ -94,6 +97,8 @@ class ModelSpec:
                  channel_order=self.channel_order, mean_bgr=list(self.mean_bgr))
     else:
       out["ndf"] = int(self.ndf)
+      if self.num_downsamples != 5:  # written only when set, so older readers still load
+        out["num_downsamples"] = int(self.num_downsamples)
     out["dtype"] = str(self.dtype)
     return out
 
@@ -122,8 +127,8 @@ class ModelSpec:
       fields.update({k: get(k) for k in GENERATOR_FIELDS[:5] if get(k) is not None})
       fields["channel_order"] = channel_order
       fields["mean_bgr"] = tuple(mean_bgr) if mean_bgr is not None else CAFFE_MEAN_BGR
-    elif get("ndf") is not None:
-      fields["ndf"] = get("ndf")
+    else:
+      fields.update({k: get(k) for k in DISCRIMINATOR_FIELDS if get(k) is not None})
     return cls(**fields)
 
   @classmethod

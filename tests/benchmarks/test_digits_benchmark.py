@@ -80,7 +80,12 @@ def test_report_on_fake_runs(digits, tmp_path):
   args = digits.parse_args(["--quick", "--seeds", "3", "--out", str(tmp_path)])
   root = str(tmp_path / "quick")
   _fake_table(digits, root, [0, 1, 2], 200)
+  for s in (0, 1, 2):  # source_only with target BN statistics: the best source-only row
+    with open(digits.adabn_json(digits.run_dir(root, "source_only", s)), "w") as f:
+      json.dump({"miou": .16 + 0.01 * s}, f)
   rows = digits.collect(args, root)
+  assert rows["source_only+adabn"]["mean"] == pytest.approx(.17)
+  assert rows["single+adabn"]["num_seeds"] == 0
   assert rows["sup_1/16"]["num_seeds"] == 0 and rows["semi_1/8"]["num_seeds"] == 3
   assert rows["multi"]["mean"] == pytest.approx(.22 + .015)
   assert rows["multi"]["curve"][-1][0] == 200
@@ -88,12 +93,13 @@ def test_report_on_fake_runs(digits, tmp_path):
   assert ("semi_1/16", "sup_1/16") not in comps
   semi = comps[("semi_1/8", "sup_1/8")]
   assert semi["mean"] == pytest.approx(.055) and semi["p_one_sided"] < 0.01
-  multi = comps[("multi", "source_only_tbn")]
-  assert multi["best_baseline"] and not comps[("multi", "source_only")]["best_baseline"]
-  assert multi["gap_closed"] == pytest.approx((.235 - .15) / (.61 - .15))
+  multi = comps[("multi", "source_only+adabn")]
+  assert multi["best_baseline"] and not comps[("multi", "source_only_tbn")]["best_baseline"]
+  assert multi["gap_closed"] == pytest.approx((.235 - .17) / (.61 - .17))
+  assert ("multi", "source_only_tbn+adabn") not in comps  # no runs: no comparison
   md = digits.markdown(args, rows, digits.comparisons(rows))
-  assert "| multi vs source_only_tbn (best source only) | +8.5 |" in md
-  assert "not run" in md and "recompute BN statistics" in md
+  assert "| multi vs source_only+adabn (best source only) | +6.5 |" in md
+  assert "not run" in md and "recomputed on 512 target train images" in md
 
 
 def test_resume_trains_only_unfinished_runs(digits, tmp_path, monkeypatch):
@@ -103,9 +109,15 @@ def test_resume_trains_only_unfinished_runs(digits, tmp_path, monkeypatch):
   _fake_table(digits, root, [0], 200, skip={("multi", 0)})
   _fake_run(digits.run_dir(root, "oracle", 0), .5, 100, status="preempted")  # unfinished
   _fake_run(digits.run_dir(root, "sup_1/8", 0), .5, 150)  # finished at another length
-  calls = []
+  calls, evals = [], []
 
   def fake_call(cmd, cwd, env, stdout, stderr):
+    if "evaluate" in cmd:  # the target-BN scoring of a finished adaptation run
+      assert cmd[cmd.index("--bn_stats_from") + 1] == "digits_m/target:train"
+      evals.append(cmd[cmd.index("evaluate") + 1])
+      with open(cmd[cmd.index("--output_json") + 1], "w") as f:
+        json.dump({"miou": .3}, f)
+      return 0
     wd = [a.split("=", 1)[1] for a in cmd if a.startswith("--workdir=")][0]
     calls.append(wd)
     assert env["JAX_COMPILATION_CACHE_DIR"].startswith(out)
@@ -119,12 +131,16 @@ def test_resume_trains_only_unfinished_runs(digits, tmp_path, monkeypatch):
   assert sorted(os.path.relpath(c, root) for c in calls) == [
       os.path.join("multi", "seed0"), os.path.join("oracle", "seed0"),
       os.path.join("sup_1of8", "seed0")]
+  assert sorted(os.path.relpath(e, root) for e in evals) == [
+      os.path.join("multi", "seed0"), os.path.join("source_only", "seed0")]
   calls.clear()
+  evals.clear()
   assert digits.main(["--quick", "--cells", cells, "--out", out, "--no_samples"]) == 0
-  assert calls == []                                    # everything finished: nothing rerun
+  assert calls == [] and evals == []                    # everything finished: nothing rerun
   with open(os.path.join(root, "digits.json")) as f:
     result = json.load(f)
   assert result["rows"]["multi"]["per_seed"] == {"0": .33}
+  assert result["rows"]["multi+adabn"]["per_seed"] == {"0": .3}
   assert os.path.isfile(os.path.join(root, "digits.md"))
 
 

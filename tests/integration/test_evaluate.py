@@ -4,6 +4,8 @@ originals' metrics (evaluate_voc.py's ConfusionMatrix.jaccard, compute_iou.py's 
 per_class_iu) and against a PyTorch forward of the same weights; plus the error paths.
 """
 
+import copy
+import glob
 import json
 import os
 
@@ -219,6 +221,63 @@ def test_cityscapes_protocol_matches_compute_iou(city_model, data_dir, tmp_path,
   assert agree >= 0.999, agree
 
 
+def _resized_bgr(path):
+  img = Image.open(path).convert("RGB").resize((1024, 512), Image.BICUBIC)
+  return np.asarray(img, np.float32)[:, :, ::-1] - MEAN_BGR
+
+
+def test_bn_stats_recomputed_on_target_images_match_torch(city_model, data_dir, tmp_path,
+                                                          capsys):
+  """--bn_stats_from cityscapes:train, all 3 dummy train images in one batch: the running
+  statistics torch keeps after one train-mode forward of that batch (momentum None, from
+  reset), then evaluation as in test_cityscapes_protocol_matches_compute_iou."""
+  model, pth = city_model
+  preds = tmp_path / "pred"
+  printed, res = _evaluate_json(
+      ["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2_multi"), "--dataset",
+       "cityscapes", "--data_dir", data_dir, "--save_predictions", str(preds),
+       "--bn_stats_from", "cityscapes:train", "--bn_stats_images", "3",
+       "--bn_stats_batch_size", "3"], tmp_path / "bn.json", capsys)
+  assert "BN statistics: recomputed on cityscapes train (3 images)" in printed
+  assert res["bn_stats"].startswith("BN statistics: recomputed")
+
+  root = os.path.join(DUMMY, "cityscapes", "dummy_data")
+  train = sorted(glob.glob(os.path.join(root, "leftImg8bit", "train", "*", "*.png")))
+  assert len(train) == 3
+  adapted = copy.deepcopy(model)
+  for m in adapted.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.reset_running_stats()
+      m.momentum = None
+  x = np.stack([_resized_bgr(p) for p in train]).transpose(0, 3, 1, 2)
+  with torch.no_grad():
+    adapted.train()(torch.from_numpy(x.copy()))
+  adapted.eval()
+  agree, changed = [], []
+  for city, stem in (("frankfurt", "frankfurt_000000_000294"), ("lindau", "lindau_000000_000019")):
+    ours = np.array(Image.open(preds / city / f"{stem}_leftImg8bit.png"))
+    x = _resized_bgr(os.path.join(root, "leftImg8bit", "val", city, f"{stem}_leftImg8bit.png"))
+    with torch.no_grad():
+      t = torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
+      ref = F.interpolate(adapted(t)[1], size=ours.shape, mode="bilinear", align_corners=True)
+      stored = F.interpolate(model(t)[1], size=ours.shape, mode="bilinear", align_corners=True)
+    agree.append((ref[0].numpy().argmax(0) == ours).ravel())
+    changed.append((stored[0].numpy().argmax(0) != ours).ravel())
+  assert np.mean(np.concatenate(agree)) >= 0.999
+  assert np.mean(np.concatenate(changed)) > 0.01  # the recomputation changed predictions
+
+
+def test_bn_stats_errors(city_model, data_dir, capsys):
+  _, pth = city_model
+  base = ["--torch_checkpoint", pth, *_torch_arch_flags("deeplabv2_multi"), "--dataset",
+          "cityscapes", "--data_dir", data_dir]
+  assert evaluate.main([*base, "--bn_stats_from", "nope:train"]) == 2
+  assert "--bn_stats_from" in _one_error_line(capsys)
+  assert evaluate.main([*base, "--bn_stats_from", "cityscapes:train",
+                        "--bn_stats_images", "2", "--bn_stats_batch_size", "4"]) == 2
+  assert "no images to recompute BN statistics on" in _one_error_line(capsys)
+
+
 # --------------------------------------------------------------------------- errors and help
 def _one_error_line(capsys):
   err = capsys.readouterr().err.strip().splitlines()
@@ -248,8 +307,8 @@ def voc_workdir(voc_model, tmp_path_factory):
 
 def _evaluate_json(args, out, capsys):
   rc = evaluate.main([*args, "--output_json", str(out)])
-  printed = capsys.readouterr().out
-  assert rc == 0, printed
+  printed, err = capsys.readouterr()
+  assert rc == 0, printed + err
   return printed, json.loads(out.read_text())
 
 
