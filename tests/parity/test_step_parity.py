@@ -157,6 +157,7 @@ class Report:
     self.seed = seed
     self.worst = {}
     self.failures = []
+    self.widened = []  # checks past their tolerance that torch's own float32 error excuses
 
   def check(self, quantity: str, name: str, got, want, tol: float, noise=None) -> None:
     """`noise`: the float32 torch reference's value of the same quantity, or None."""
@@ -166,12 +167,15 @@ class Report:
   def check_err(self, quantity: str, name: str, err: float, tol: float,
                 noise_err=None) -> None:
     """Fails when err > max(tol, NOISE_FACTOR * noise_err) (see NOISE_FACTOR)."""
-    if err > self.worst.get(quantity, (-1.0, ""))[0]:
-      self.worst[quantity] = (err, name)
+    if err > self.worst.get(quantity, (-1.0, "", None))[0]:
+      self.worst[quantity] = (err, name, noise_err)
     bound = tol if noise_err is None else max(tol, NOISE_FACTOR * noise_err)
     if not err <= bound:
       extra = "" if noise_err is None else f" (torch float32: {noise_err:.1e})"
       self.failures.append(f"{quantity} {name}: rel err {err:.3e} > {bound:g}{extra}")
+    elif err > tol:
+      self.widened.append(f"{quantity} {name}: {err:.1e} > {tol:g}, torch float32 "
+                          f"{noise_err:.1e}")
 
   def exact(self, quantity: str, name: str, got, want) -> None:
     if not np.array_equal(np.asarray(got), np.asarray(want)):
@@ -179,8 +183,11 @@ class Report:
 
   def finish(self, title: str) -> None:
     lines = [f"{title} (seed {self.seed})"]
-    for q, (err, name) in sorted(self.worst.items()):
-      lines.append(f"  {q:<22s} max rel err {err:.2e}  ({name})")
+    for q, (err, name, noise_err) in sorted(self.worst.items()):
+      torch32 = "" if noise_err is None else f"; torch float32 on it {noise_err:.2e}"
+      lines.append(f"  {q:<22s} max rel err {err:.2e}  ({name}{torch32})")
+    lines.append(f"  past the tolerance, within {NOISE_FACTOR:g}x torch float32's own error: "
+                 f"{len(self.widened)}" + "".join(f"\n    {w}" for w in self.widened))
     print("\n".join(lines))
     assert not self.failures, "\n".join([f"{title} (seed {self.seed})"] + self.failures)
 
