@@ -52,6 +52,10 @@ def _check_stream(c: Any, prefix: str) -> None:
          "'RGB', 'BGR' or None (the dataset's default)", c.channel_order)
   _check(len(tuple(c.mean_bgr)) == 3 and all(_is_num(x) for x in c.mean_bgr),
          f"{prefix}.mean_bgr", "three numbers (B, G, R)", c.mean_bgr)
+  std = c.get("std_bgr")
+  _check(std is None or (isinstance(std, Iterable) and len(tuple(std)) == 3
+                         and all(_is_num(x) and x > 0 for x in std)),
+         f"{prefix}.std_bgr", "None or three positive numbers (B, G, R, 0-255 scale)", std)
   _check(c.gt_loader in ("plain", "advsemi"), f"{prefix}.gt_loader", "'plain' or 'advsemi'",
          c.gt_loader)
   _check(c.eval_mode in ("pad", "resize", "none"), f"{prefix}.eval_mode",

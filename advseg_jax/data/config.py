@@ -43,6 +43,10 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
       random_mirror: horizontal flip with p = 0.5.
       channel_order: 'RGB' or 'BGR' network input order (None: the dataset's default).
       mean_bgr: per-channel mean, given in B, G, R order, 0-255 scale.
+      std_bgr: per-channel std the mean-subtracted image is divided by (B, G, R order,
+        0-255 scale), or None: no division (AdvSemiSeg, AdaptSegNet). The ICLR-2018
+        reproduction's ImageNet `Normalize` is `mean_bgr = 255 * (0.406, 0.456, 0.485)`,
+        `std_bgr = 255 * (0.225, 0.224, 0.229)`.
       gt_loader: 'plain' or 'advsemi' (`VOCGTDataSet`: rescale until no padding is needed).
       eval_mode: 'pad' (to `eval_pad_size`), 'resize' (image to `eval_resize_size`, label
         kept at full size) or 'none'.
@@ -65,6 +69,7 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.random_mirror = False
   c.channel_order = config_dict.placeholder(str)
   c.mean_bgr = CAFFE_MEAN_BGR
+  c.std_bgr = config_dict.placeholder(tuple)
   c.gt_loader = "plain"
   c.eval_mode = "none"
   c.eval_pad_size = (505, 505)

@@ -2,7 +2,8 @@
 
 Train batches (`make_train_iterator`), endless, reshuffled every epoch:
 
-  {"image": float32 [B, H, W, 3]   # NHWC, mean-subtracted, 0-255 scale, cfg.channel_order
+  {"image": float32 [B, H, W, 3]   # NHWC, cfg.channel_order, 0-255 scale minus mean_bgr
+                                   # (then divided by std_bgr when it is set)
    "label": int32   [B, H, W]}     # train ids, 255 = ignore (only if the split has labels)
 
 Eval batches (`make_eval_iterator`), finite, the last one padded:
@@ -48,6 +49,11 @@ def _hw(v) -> Optional[tuple[int, int]]:
   return None if v is None else (int(v[0]), int(v[1]))
 
 
+def _std(cfg) -> Optional[tuple[float, ...]]:
+  std = cfg.get("std_bgr")
+  return None if std is None else tuple(float(s) for s in std)
+
+
 def decode_example(raw: dict, use_labels: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
   """Decodes a raw record (see `source.RawSource`).
 
@@ -91,6 +97,7 @@ class TrainTransform:
     self.random_mirror = bool(cfg.random_mirror)
     self.channel_order = _channel_order(cfg)
     self.mean_bgr = tuple(float(m) for m in cfg.mean_bgr)
+    self.std_bgr = _std(cfg)
     self.gt_loader = cfg.gt_loader
     self.use_labels = bool(cfg.use_labels)
     self.skip_bad_examples = bool(cfg.skip_bad_examples)
@@ -121,7 +128,7 @@ class TrainTransform:
                                           self.random_scale, self.scale_factors)
     elif self.random_scale:
       image, label, _ = transforms.random_scale(image, label, rng, self.scale_factors)
-    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order)
+    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order, self.std_bgr)
     if self.crop_size is not None:
       x, label = transforms.pad_bottom_right(x, label, self.crop_size)
       x, label, _ = transforms.random_crop(x, label, self.crop_size, rng)
@@ -149,6 +156,7 @@ class EvalTransform:
     self.resize_size = _hw(cfg.eval_resize_size)
     self.channel_order = _channel_order(cfg)
     self.mean_bgr = tuple(float(m) for m in cfg.mean_bgr)
+    self.std_bgr = _std(cfg)
     self.use_labels = bool(cfg.use_labels)
     self.skip_bad_examples = bool(cfg.skip_bad_examples)
     if self.mode not in ("pad", "resize", "none"):
@@ -166,7 +174,7 @@ class EvalTransform:
     h, w = image.shape[:2]
     if self.mode == "resize":
       image = transforms.resize_pil(image, self.resize_size, "bicubic")
-    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order)
+    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order, self.std_bgr)
     if self.mode == "pad":
       ph, pw = self.pad_size
       if h > ph or w > pw:

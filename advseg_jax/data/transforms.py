@@ -133,18 +133,23 @@ def resize_example_pil(image: np.ndarray, label: Optional[np.ndarray], out_hw: H
 
 # ----------------------------------------------------------------------------- values
 
-def subtract_mean(image: np.ndarray, mean_bgr: Sequence[float], channel_order: str) -> np.ndarray:
-  """RGB `uint8 [H, W, 3]` -> `float32 [H, W, 3]` in `channel_order` minus the mean.
+def subtract_mean(image: np.ndarray, mean_bgr: Sequence[float], channel_order: str,
+                  std_bgr: Optional[Sequence[float]] = None) -> np.ndarray:
+  """RGB `uint8 [H, W, 3]` -> `float32 [H, W, 3]` in `channel_order`, minus the mean.
 
-  `mean_bgr` is given in B, G, R order; it is reordered to match, so each channel always
-  has its own mean subtracted (0-255 scale, no division by a std).
+  `mean_bgr` (and `std_bgr`) are given in B, G, R order on the 0-255 scale; they are
+  reordered to match, so each channel always gets its own values. With `std_bgr` the result
+  is also divided by it: `(x - 255 m) / (255 s)` equals torchvision's `Normalize(m, s)` after
+  `ToTensor()` (the ICLR-2018 reproduction, docs/FIDELITY.md §8). None: no division.
   """
-  mean = np.asarray(mean_bgr, np.float32)
-  if channel_order == "BGR":
-    return image[..., ::-1].astype(np.float32) - mean
-  if channel_order == "RGB":
-    return image.astype(np.float32) - mean[::-1]
-  raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+  if channel_order not in ("BGR", "RGB"):
+    raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+  flip = slice(None, None, -1) if channel_order == "RGB" else slice(None)
+  x = image[..., ::-1] if channel_order == "BGR" else image
+  x = x.astype(np.float32) - np.asarray(mean_bgr, np.float32)[flip]
+  if std_bgr is not None:
+    x = x / np.asarray(std_bgr, np.float32)[flip]
+  return x
 
 
 # ----------------------------------------------------------------------------- geometry

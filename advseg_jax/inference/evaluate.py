@@ -241,7 +241,9 @@ def eval_stream(spec: Mapping[str, Any], choice: DatasetChoice, protocol: Protoc
   return data.dataset_config(
       name=choice.name, config_name=choice.config_name, data_dir=data_dir,
       channel_order=spec.get("channel_order") or ds_info.default_channel_order,
-      mean_bgr=tuple(spec.get("mean_bgr") or ds_info.mean_bgr), eval_mode=protocol.eval_mode,
+      mean_bgr=tuple(spec.get("mean_bgr") or ds_info.mean_bgr),
+      std_bgr=tuple(spec["std_bgr"]) if spec.get("std_bgr") else None,
+      eval_mode=protocol.eval_mode,
       eval_pad_size=tuple(protocol.pad_size or VOC_PAD_SIZE),
       eval_resize_size=tuple(protocol.input_size or CITYSCAPES_INPUT_SIZE))
 

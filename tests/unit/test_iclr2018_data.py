@@ -1,0 +1,101 @@
+"""The ICLR-2018 reproduction's data options (docs/FIDELITY.md §8), each off by default:
+ImageNet std division (`std_bgr`), carried into model specs and inference."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from advseg_jax import visualize
+from advseg_jax.config import defaults
+from advseg_jax.config import validation
+from advseg_jax.data import config as config_lib
+from advseg_jax.data import image_io
+from advseg_jax.data import pipeline
+from advseg_jax.data import transforms as T
+from advseg_jax.inference import predict
+from advseg_jax.models.spec import ModelSpec, SpecError
+from advseg_jax.train import export
+
+# torchvision Normalize's ImageNet statistics (R, G, B, 0-1 scale), written out here.
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+MEAN_BGR = tuple(255 * m for m in IMAGENET_MEAN_RGB[::-1])
+STD_BGR = tuple(255 * s for s in IMAGENET_STD_RGB[::-1])
+
+
+def _img(h, w, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3)).astype(np.uint8)
+
+
+def _raw(img, lab=None, name="x"):
+  return {"image": image_io.encode_png(img),
+          "label": None if lab is None else image_io.encode_png(lab),
+          "file_name": name, "index": 0}
+
+
+# --------------------------------------------------------------------------- std_bgr
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_std_division_is_torchvision_normalize(order):
+  img = _img(5, 6)
+  out = T.subtract_mean(img, MEAN_BGR, order, STD_BGR)
+  rgb = img.astype(np.float64) / 255.0  # ToTensor
+  want = (rgb - np.array(IMAGENET_MEAN_RGB)) / np.array(IMAGENET_STD_RGB)  # Normalize
+  want = want if order == "RGB" else want[..., ::-1]
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
+  # without a std the mean subtraction alone, as before
+  np.testing.assert_array_equal(T.subtract_mean(img, MEAN_BGR, order, None),
+                                T.subtract_mean(img, MEAN_BGR, order))
+  back = visualize.to_display_rgb(out, MEAN_BGR, order, STD_BGR)
+  np.testing.assert_array_equal(back, img)
+
+
+def test_pipeline_divides_by_the_std_in_training_and_evaluation():
+  img = _img(6, 8)
+  kw = dict(name="voc_aug", channel_order="RGB", mean_bgr=MEAN_BGR, std_bgr=STD_BGR)
+  train = pipeline.TrainTransform(config_lib.dataset_config(crop_size=None, **kw))
+  out = train(_raw(img), np.random.default_rng(0))["image"]
+  np.testing.assert_allclose(out, T.subtract_mean(img, MEAN_BGR, "RGB", STD_BGR))
+  ev = pipeline.EvalTransform(config_lib.dataset_config(eval_mode="none", **kw))(_raw(img))
+  np.testing.assert_allclose(ev["image"], out)
+  assert np.abs(out).max() < 3  # the ImageNet-normalised scale, not 0-255
+
+
+def test_model_spec_carries_the_std_and_old_specs_load():
+  spec = ModelSpec("deeplabv2", 21, mean_bgr=MEAN_BGR, std_bgr=STD_BGR)
+  doc = spec.to_json()
+  assert doc["std_bgr"] == list(STD_BGR)
+  assert ModelSpec.from_json(doc) == spec
+  old = ModelSpec("deeplabv2", 21).to_json()
+  assert "std_bgr" not in old  # unchanged model.json when no std is used
+  assert ModelSpec.from_json(old).std_bgr is None
+  assert ModelSpec.from_json(dict(old, std_bgr=None)).std_bgr is None
+  for bad in ((58.0, 57.0), (58.0, 0.0, 57.0), "abc"):
+    with pytest.raises(SpecError, match="std_bgr"):
+      ModelSpec("deeplabv2", 21, std_bgr=bad)
+
+
+def test_export_and_predict_normalise_as_training_did():
+  c = defaults.base_config()
+  c.data.mean_bgr, c.data.std_bgr = MEAN_BGR, STD_BGR
+  spec = export.generator_spec_from_config(c)
+  assert spec["std_bgr"] == list(STD_BGR)
+  img = _img(4, 5)
+  np.testing.assert_array_equal(predict.preprocess(img, spec, "pad", None),
+                                T.subtract_mean(img, MEAN_BGR, "RGB", STD_BGR))
+  # a config saved before the field existed: no std, the mean alone
+  old = ml_collections.ConfigDict(defaults.base_config().to_dict())
+  del old.data["std_bgr"]
+  old_spec = export.generator_spec_from_config(old)
+  assert "std_bgr" not in old_spec
+  np.testing.assert_array_equal(predict.preprocess(img, old_spec, "pad", None),
+                                T.subtract_mean(img, tuple(old.data.mean_bgr), "RGB"))
+
+
+@pytest.mark.parametrize("value", [(58.0, 57.0), (58.0, -1.0, 57.0), (0, 1, 1), (1, "a", 1)])
+def test_validation_rejects_a_bad_std(value):
+  c = defaults.base_config()
+  c.eval_data.std_bgr = value
+  with pytest.raises(validation.ConfigError, match=r"^config\.eval_data\.std_bgr = .*expected "
+                                                   r"None or three positive numbers"):
+    validation.validate(c)
