@@ -137,7 +137,8 @@ def _scored_model(kind: Optional[str], spec) -> Optional[str]:
 def _print_result(fv: flags.FlagValues, result: ev.EvalResult, source: str,
                   scored: Optional[str]) -> None:
   protocol = result.protocol
-  size = {"pad": f", padded to {protocol.pad_size}",
+  fill = "" if protocol.pad_fill == "mean" else f" with {protocol.pad_fill}"
+  size = {"pad": f", padded to {protocol.pad_size}{fill}",
           "resize": f", input resized to {protocol.input_size}"}.get(protocol.eval_mode, "")
   print(f"checkpoint: {source}")
   if scored:

@@ -60,6 +60,8 @@ def _check_stream(c: Any, prefix: str) -> None:
          c.gt_loader)
   _check(c.eval_mode in ("pad", "resize", "none"), f"{prefix}.eval_mode",
          "'pad', 'resize' or 'none'", c.eval_mode)
+  _check(c.get("eval_pad_fill", "mean") in ("mean", "black"), f"{prefix}.eval_pad_fill",
+         "'mean' (0 after normalisation) or 'black' (RGB 0 before it)", c.get("eval_pad_fill"))
   _check(isinstance(c.num_workers, int) and c.num_workers >= 0, f"{prefix}.num_workers",
          "an int >= 0", c.num_workers)
   _check(isinstance(c.read_threads, int) and c.read_threads >= 1, f"{prefix}.read_threads",

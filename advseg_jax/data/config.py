@@ -51,6 +51,9 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
       eval_mode: 'pad' (to `eval_pad_size`), 'resize' (image to `eval_resize_size`, label
         kept at full size) or 'none'.
       eval_pad_size: `(h, w)`, e.g. (505, 505).
+      eval_pad_fill: what 'pad' fills the image with: 'mean' (0 after the normalisation, the
+        mean colour; AdvSemiSeg) or 'black' (RGB 0 before it, `(0 - mean) / std` after; the
+        ICLR-2018 reproduction's `ZeroPadding`).
       eval_resize_size: `(h, w)`, e.g. (512, 1024).
       use_labels: decode and return labels (False for unlabelled target streams).
       num_workers: grain worker processes (0 = in-process).
@@ -73,6 +76,7 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.gt_loader = "plain"
   c.eval_mode = "none"
   c.eval_pad_size = (505, 505)
+  c.eval_pad_fill = "mean"
   c.eval_resize_size = (512, 1024)
   c.use_labels = True
   c.num_workers = 0

@@ -39,6 +39,9 @@ from advseg_jax.data import transforms
 from advseg_jax.data.errors import BadExampleError
 
 log = logging.getLogger(__name__)
+# eval 'pad' fill: 0 after normalisation (the mean colour; AdvSemiSeg's evaluate_voc.py) or
+# RGB 0 before it (the ICLR-2018 reproduction's ZeroPadding).
+PAD_FILLS = ("mean", "black")
 
 
 def _channel_order(cfg) -> str:
@@ -143,8 +146,9 @@ class TrainTransform:
 class EvalTransform:
   """Decode + eval-mode sizing of one raw record (deterministic).
 
-  `eval_mode`: 'pad' pads the image (0 after mean subtraction) and label (255) bottom/right to
-  `eval_pad_size`; 'resize' resizes the image (PIL bicubic) to `eval_resize_size` and
+  `eval_mode`: 'pad' pads the image and label (255) bottom/right to `eval_pad_size`, the image
+  with `eval_pad_fill` 'mean' (0 after normalisation) or 'black' (RGB 0 before it, so
+  `(0 - mean) / std` after); 'resize' resizes the image (PIL bicubic) to `eval_resize_size` and
   keeps the label at full size; 'none' leaves sizes alone. Output: `{"image": float32
   [H, W, 3], "orig_hw": int32 [2] (the decoded image size), "file_name": str, "label": uint8
   [Hl, Wl]}` (label when used), or None for a bad example when `skip_bad_examples`.
@@ -153,6 +157,7 @@ class EvalTransform:
   def __init__(self, cfg):
     self.mode = cfg.eval_mode
     self.pad_size = _hw(cfg.eval_pad_size)
+    self.pad_fill = cfg.get("eval_pad_fill", "mean")
     self.resize_size = _hw(cfg.eval_resize_size)
     self.channel_order = _channel_order(cfg)
     self.mean_bgr = tuple(float(m) for m in cfg.mean_bgr)
@@ -161,6 +166,8 @@ class EvalTransform:
     self.skip_bad_examples = bool(cfg.skip_bad_examples)
     if self.mode not in ("pad", "resize", "none"):
       raise ValueError(f"eval_mode must be 'pad', 'resize' or 'none', got {self.mode!r}")
+    if self.pad_fill not in PAD_FILLS:
+      raise ValueError(f"eval_pad_fill must be one of {PAD_FILLS}, got {self.pad_fill!r}")
 
   def __call__(self, raw: dict) -> Optional[dict]:
     name = raw["file_name"]
@@ -174,11 +181,14 @@ class EvalTransform:
     h, w = image.shape[:2]
     if self.mode == "resize":
       image = transforms.resize_pil(image, self.resize_size, "bicubic")
-    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order, self.std_bgr)
     if self.mode == "pad":
       ph, pw = self.pad_size
       if h > ph or w > pw:
         raise BadExampleError(name, f"image {h}x{w} is larger than eval_pad_size {ph}x{pw}")
+      if self.pad_fill == "black":  # the raw image padded, then normalised
+        image, label = transforms.pad_bottom_right(image, label, self.pad_size, image_value=0)
+    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order, self.std_bgr)
+    if self.mode == "pad":  # 'mean': 0 after normalisation (nothing left to pad for 'black')
       x, label = transforms.pad_bottom_right(x, label, self.pad_size)
     out = {"image": np.ascontiguousarray(x, np.float32),
            "orig_hw": np.array([h, w], np.int32), "file_name": name}

@@ -1,5 +1,6 @@
 """The ICLR-2018 reproduction's data options (docs/FIDELITY.md §8), each off by default:
-ImageNet std division (`std_bgr`), carried into model specs and inference."""
+ImageNet std division (`std_bgr`), carried into model specs and inference; the eval padding
+of the raw image (`eval_pad_fill='black'`)."""
 
 import ml_collections
 import numpy as np
@@ -12,6 +13,7 @@ from advseg_jax.data import config as config_lib
 from advseg_jax.data import image_io
 from advseg_jax.data import pipeline
 from advseg_jax.data import transforms as T
+from advseg_jax.inference import evaluate
 from advseg_jax.inference import predict
 from advseg_jax.models.spec import ModelSpec, SpecError
 from advseg_jax.train import export
@@ -99,3 +101,46 @@ def test_validation_rejects_a_bad_std(value):
   with pytest.raises(validation.ConfigError, match=r"^config\.eval_data\.std_bgr = .*expected "
                                                    r"None or three positive numbers"):
     validation.validate(c)
+
+
+# --------------------------------------------------------------------------- eval_pad_fill
+@pytest.mark.parametrize("std", [None, STD_BGR])
+def test_eval_pad_fill_black_pads_the_raw_image_before_normalising(std):
+  img, lab = _img(6, 8), np.full((6, 8), 3, np.uint8)
+  kw = dict(name="voc_aug", channel_order="RGB", mean_bgr=MEAN_BGR, std_bgr=std,
+            eval_mode="pad", eval_pad_size=(9, 11))
+  black = pipeline.EvalTransform(config_lib.dataset_config(eval_pad_fill="black", **kw))
+  mean = pipeline.EvalTransform(config_lib.dataset_config(**kw))  # the default
+  b, m = black(_raw(img, lab)), mean(_raw(img, lab))
+  assert b["image"].shape == m["image"].shape == (9, 11, 3)
+  # the image itself and the label (255 padding) are the same either way
+  np.testing.assert_array_equal(b["image"][:6, :8], m["image"][:6, :8])
+  np.testing.assert_array_equal(b["label"], m["label"])
+  assert (m["label"][6:] == 255).all() and (m["label"][:, 8:] == 255).all()
+  # the padding: 0 after normalisation ('mean') or a normalised black pixel ('black')
+  zero = T.subtract_mean(np.zeros((1, 1, 3), np.uint8), MEAN_BGR, "RGB", std)[0, 0]
+  assert (m["image"][6:] == 0).all() and (m["image"][:, 8:] == 0).all()
+  np.testing.assert_array_equal(b["image"][6:], np.broadcast_to(zero, (3, 11, 3)))
+  np.testing.assert_array_equal(b["image"][:, 8:], np.broadcast_to(zero, (9, 3, 3)))
+  assert (zero < 0).all()
+
+
+def test_evaluate_uses_the_recorded_pad_fill():
+  c = defaults.base_config()
+  c.eval_data.eval_pad_fill = "black"
+  spec = export.generator_spec_from_config(c)
+  choice = evaluate.choose_dataset("voc_aug", spec)
+  auto = evaluate.resolve_protocol("auto", spec, choice)
+  assert (auto.eval_mode, auto.pad_fill) == ("pad", "black")
+  assert evaluate.resolve_protocol("voc", spec, choice).pad_fill == "mean"  # the VOC protocol
+  plain = export.generator_spec_from_config(defaults.base_config())
+  assert evaluate.resolve_protocol("auto", plain, choice).pad_fill == "mean"
+
+
+def test_validation_rejects_a_bad_pad_fill():
+  c = defaults.base_config()
+  c.eval_data.eval_pad_fill = "zero"
+  with pytest.raises(validation.ConfigError, match=r"^config\.eval_data\.eval_pad_fill = 'zero'"):
+    validation.validate(c)
+  with pytest.raises(ValueError, match="eval_pad_fill"):
+    pipeline.EvalTransform(config_lib.dataset_config(eval_pad_fill="zero"))
