@@ -58,6 +58,11 @@ def _check_stream(c: Any, prefix: str) -> None:
          f"{prefix}.std_bgr", "None or three positive numbers (B, G, R, 0-255 scale)", std)
   _check(c.gt_loader in ("plain", "advsemi"), f"{prefix}.gt_loader", "'plain' or 'advsemi'",
          c.gt_loader)
+  mode = c.get("crop_mode", "random")
+  _check(mode in ("random", "random_sized"), f"{prefix}.crop_mode",
+         "'random' (pad + random crop) or 'random_sized' (RandomSizedCrop)", mode)
+  _check(mode == "random" or (c.crop_size is not None and c.gt_loader == "plain"),
+         f"{prefix}.crop_mode", "'random' unless crop_size is set and gt_loader is 'plain'", mode)
   _check(c.eval_mode in ("pad", "resize", "none"), f"{prefix}.eval_mode",
          "'pad', 'resize' or 'none'", c.eval_mode)
   _check(c.get("eval_pad_fill", "mean") in ("mean", "black"), f"{prefix}.eval_pad_fill",

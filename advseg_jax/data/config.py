@@ -36,6 +36,11 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
       data_dir: TFDS data dir (None: TFDS default, `~/tensorflow_datasets`).
       manual_dir: raw files for `prepare` (None: `<data_dir>/downloads/manual`).
       crop_size: `(h, w)` random crop after padding, or None (no crop).
+      crop_mode: how the training crop is taken: 'random' (pad bottom / right to `crop_size`,
+        then a `crop_size` window at a random offset; AdvSemiSeg) or 'random_sized' (the
+        ICLR-2018 reproduction's `RandomSizedCrop`: a random box of 8-100 % of the area and
+        aspect 3/4-4/3, resized to `crop_size`, PIL bilinear image / nearest label;
+        `advseg_jax.data.transforms.random_sized_crop`).
       resize_size: `(h, w)` whole-image resize (Pillow bicubic / nearest) before anything
         else.
       random_scale: cv2-style rescale by a factor from `scale_factors`.
@@ -66,6 +71,7 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.data_dir = config_dict.placeholder(str)
   c.manual_dir = config_dict.placeholder(str)
   c.crop_size = config_dict.placeholder(tuple)
+  c.crop_mode = "random"
   c.resize_size = config_dict.placeholder(tuple)
   c.random_scale = False
   c.scale_factors = ADVSEMI_SCALE_FACTORS

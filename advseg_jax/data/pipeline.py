@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # eval 'pad' fill: 0 after normalisation (the mean colour; AdvSemiSeg's evaluate_voc.py) or
 # RGB 0 before it (the ICLR-2018 reproduction's ZeroPadding).
 PAD_FILLS = ("mean", "black")
+# training crop: pad + random crop (AdvSemiSeg) or the ICLR-2018 reproduction's RandomSizedCrop
+CROP_MODES = ("random", "random_sized")
 
 
 def _channel_order(cfg) -> str:
@@ -86,8 +88,9 @@ class TrainTransform:
   """Decode + augment one raw record with a per-element `np.random.Generator`.
 
   Order: optional whole-image resize (Pillow) -> random scale (cv2 semantics) or the AdvSemiSeg
-  GT-loader sizing -> mean subtraction / channel order -> pad bottom-right -> random crop ->
-  random mirror. Random draws in that order: scale factor(s), crop offsets (h, w), mirror.
+  GT-loader sizing -> [`crop_mode='random_sized'`: the ICLR-2018 `RandomSizedCrop`] ->
+  normalisation / channel order -> [`crop_mode='random'`: pad bottom-right -> random crop] ->
+  random mirror. Random draws in that order: scale factor(s), crop, mirror.
   Output: `{"image": float32 [H, W, 3], "label": uint8 [H, W]}` (label when used), or None
   for a bad example when `skip_bad_examples` (grain drops Nones).
   """
@@ -95,6 +98,7 @@ class TrainTransform:
   def __init__(self, cfg):
     self.resize_size = _hw(cfg.resize_size)
     self.crop_size = _hw(cfg.crop_size)
+    self.crop_mode = cfg.get("crop_mode", "random")
     self.random_scale = bool(cfg.random_scale)
     self.scale_factors = tuple(float(f) for f in cfg.scale_factors)
     self.random_mirror = bool(cfg.random_mirror)
@@ -108,6 +112,11 @@ class TrainTransform:
       raise ValueError(f"gt_loader must be 'plain' or 'advsemi', got {self.gt_loader!r}")
     if self.gt_loader == "advsemi" and self.crop_size is None:
       raise ValueError("gt_loader='advsemi' needs crop_size")
+    if self.crop_mode not in CROP_MODES:
+      raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+    if self.crop_mode == "random_sized" and (self.crop_size is None or
+                                             self.gt_loader != "plain"):
+      raise ValueError("crop_mode='random_sized' needs crop_size and gt_loader='plain'")
 
   def __call__(self, raw: dict, rng: np.random.Generator) -> Optional[dict]:
     try:
@@ -131,8 +140,10 @@ class TrainTransform:
                                           self.random_scale, self.scale_factors)
     elif self.random_scale:
       image, label, _ = transforms.random_scale(image, label, rng, self.scale_factors)
+    if self.crop_mode == "random_sized":
+      image, label, _ = transforms.random_sized_crop(image, label, self.crop_size, rng)
     x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order, self.std_bgr)
-    if self.crop_size is not None:
+    if self.crop_size is not None and self.crop_mode == "random":
       x, label = transforms.pad_bottom_right(x, label, self.crop_size)
       x, label, _ = transforms.random_crop(x, label, self.crop_size, rng)
     if self.random_mirror:
