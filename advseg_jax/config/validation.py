@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Tuple
 
 from advseg_jax import methods
+from advseg_jax.data.splits import SPLIT_RULES
 from advseg_jax.kernels.selection import ASPP_IMPLS, CONV_DX_IMPLS, POINTWISE_IMPLS
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
 from advseg_jax.models.resnet import RESNET_DEPTHS
@@ -184,6 +185,8 @@ def _check_schedule(c: Any, num_devices: int) -> None:
          "an int >= 0", c.eval_max_examples)
   _check(_is_num(c.labelled_fraction) and 0 < c.labelled_fraction <= 1, "labelled_fraction",
          "a number in (0, 1]", c.labelled_fraction)
+  _check(c.get("split_rule", "advsemi") in SPLIT_RULES, "split_rule",
+         f"one of {SPLIT_RULES}", c.get("split_rule"))
   _check(c.parallel.mode in ("pmap", "shard_map", "jit"), "parallel.mode",
          "'pmap', 'shard_map' or 'jit'", c.parallel.mode)
   per_step = c.batch_size * c.iter_size  # each stream yields batch_size per sub-iteration
