@@ -61,6 +61,9 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
         ICLR-2018 reproduction's `ZeroPadding`).
       eval_resize_size: `(h, w)`, e.g. (512, 1024).
       use_labels: decode and return labels (False for unlabelled target streams).
+      ignore_as_background: read the labels' ignore value 255 as class 0 (background), in
+        training and evaluation, as the ICLR-2018 reproduction's `IgnoreLabelClass` does;
+        padding the pipeline adds afterwards stays 255 (ignored).
       num_workers: grain worker processes (0 = in-process).
       read_threads: threads per process decoding / transforming examples.
       skip_bad_examples: log and skip undecodable examples at read time instead of failing.
@@ -85,6 +88,7 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.eval_pad_fill = "mean"
   c.eval_resize_size = (512, 1024)
   c.use_labels = True
+  c.ignore_as_background = False
   c.num_workers = 0
   c.read_threads = 4
   c.skip_bad_examples = False

@@ -87,7 +87,7 @@ def decode_example(raw: dict, use_labels: bool) -> tuple[np.ndarray, Optional[np
 class TrainTransform:
   """Decode + augment one raw record with a per-element `np.random.Generator`.
 
-  Order: optional whole-image resize (Pillow) -> random scale (cv2 semantics) or the AdvSemiSeg
+  Order: [`ignore_as_background`: label 255 -> 0] -> optional whole-image resize (Pillow) -> random scale (cv2 semantics) or the AdvSemiSeg
   GT-loader sizing -> [`crop_mode='random_sized'`: the ICLR-2018 `RandomSizedCrop`] ->
   normalisation / channel order -> [`crop_mode='random'`: pad bottom-right -> random crop] ->
   random mirror. Random draws in that order: scale factor(s), crop, mirror.
@@ -107,6 +107,7 @@ class TrainTransform:
     self.std_bgr = _std(cfg)
     self.gt_loader = cfg.gt_loader
     self.use_labels = bool(cfg.use_labels)
+    self.ignore_as_background = bool(cfg.get("ignore_as_background", False))
     self.skip_bad_examples = bool(cfg.skip_bad_examples)
     if self.gt_loader not in ("plain", "advsemi"):
       raise ValueError(f"gt_loader must be 'plain' or 'advsemi', got {self.gt_loader!r}")
@@ -131,6 +132,8 @@ class TrainTransform:
   def augment(self, image: np.ndarray, label: Optional[np.ndarray],
               rng: np.random.Generator) -> dict:
     """The augmentation of a decoded example (see class docstring)."""
+    if self.ignore_as_background:
+      label = transforms.ignore_as_background(label)
     if self.resize_size is not None:
       image, label = transforms.resize_example_pil(image, label, self.resize_size)
     if self.gt_loader == "advsemi":
@@ -162,7 +165,8 @@ class EvalTransform:
   `(0 - mean) / std` after); 'resize' resizes the image (PIL bicubic) to `eval_resize_size` and
   keeps the label at full size; 'none' leaves sizes alone. Output: `{"image": float32
   [H, W, 3], "orig_hw": int32 [2] (the decoded image size), "file_name": str, "label": uint8
-  [Hl, Wl]}` (label when used), or None for a bad example when `skip_bad_examples`.
+  [Hl, Wl]}` (label when used), or None for a bad example when `skip_bad_examples`. With
+  `ignore_as_background` the label's 255 pixels become 0 before any padding (which stays 255).
   """
 
   def __init__(self, cfg):
@@ -174,6 +178,7 @@ class EvalTransform:
     self.mean_bgr = tuple(float(m) for m in cfg.mean_bgr)
     self.std_bgr = _std(cfg)
     self.use_labels = bool(cfg.use_labels)
+    self.ignore_as_background = bool(cfg.get("ignore_as_background", False))
     self.skip_bad_examples = bool(cfg.skip_bad_examples)
     if self.mode not in ("pad", "resize", "none"):
       raise ValueError(f"eval_mode must be 'pad', 'resize' or 'none', got {self.mode!r}")
@@ -190,6 +195,8 @@ class EvalTransform:
       log.warning("skipping bad example: %s", e)
       return None
     h, w = image.shape[:2]
+    if self.ignore_as_background:
+      label = transforms.ignore_as_background(label)
     if self.mode == "resize":
       image = transforms.resize_pil(image, self.resize_size, "bicubic")
     if self.mode == "pad":

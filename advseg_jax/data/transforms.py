@@ -157,6 +157,13 @@ def subtract_mean(image: np.ndarray, mean_bgr: Sequence[float], channel_order: s
   return x
 
 
+def ignore_as_background(label: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  """The ICLR-2018 reproduction's `IgnoreLabelClass`: 255 (ignore) -> 0 (background)."""
+  if label is None:
+    return None
+  return np.where(label == IGNORE_LABEL, 0, label).astype(label.dtype)
+
+
 # ----------------------------------------------------------------------------- geometry
 
 def pad_bottom_right(image: np.ndarray, label: Optional[np.ndarray], min_hw: HW,

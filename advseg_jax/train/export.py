@@ -49,6 +49,7 @@ def generator_spec_from_config(config: Any, **extra: Any) -> Dict[str, Any]:
   spec["eval"] = {"dataset": e.name, "config_name": e.config_name, "split": e.split,
                   "eval_mode": e.eval_mode, "eval_pad_size": list(e.eval_pad_size),
                   "eval_pad_fill": e.get("eval_pad_fill", "mean"),
+                  "ignore_as_background": bool(e.get("ignore_as_background", False)),
                   "eval_resize_size": list(e.eval_resize_size)}
   spec["method"] = config.method.name
   spec.update(extra)

@@ -1,6 +1,8 @@
 """The ICLR-2018 reproduction's data options (docs/FIDELITY.md §8), each off by default:
 ImageNet std division (`std_bgr`), carried into model specs and inference; the eval padding
-of the raw image (`eval_pad_fill='black'`); `RandomSizedCrop` (`crop_mode='random_sized'`)."""
+of the raw image (`eval_pad_fill='black'`); `RandomSizedCrop` (`crop_mode='random_sized'`);
+255 read as background (`ignore_as_background`; its scoring is in
+tests/integration/test_evaluate.py)."""
 
 import math
 
@@ -263,3 +265,24 @@ def test_validation_rejects_a_bad_crop_mode(changes):
   with pytest.raises(ValueError, match="crop_mode"):
     pipeline.TrainTransform(config_lib.dataset_config(**{"name": "voc_aug",
                                                          "crop_size": (5, 5), **changes}))
+
+
+# --------------------------------------------------------------------------- ignore_as_background
+@pytest.mark.parametrize("crop_mode", ["random", "random_sized"])
+def test_training_labels_read_255_as_background_and_padding_stays_ignored(crop_mode):
+  img = _img(6, 7)
+  lab = np.random.default_rng(4).choice([0, 9, 255], (6, 7)).astype(np.uint8)
+  kw = dict(name="voc_aug", crop_size=(8, 9), crop_mode=crop_mode)
+  off = pipeline.TrainTransform(config_lib.dataset_config(**kw))(_raw(img, lab),
+                                                                   np.random.default_rng(1))
+  on = pipeline.TrainTransform(config_lib.dataset_config(ignore_as_background=True, **kw))(
+      _raw(img, lab), np.random.default_rng(1))
+  np.testing.assert_array_equal(on["image"], off["image"])  # the same draws
+  if crop_mode == "random":  # 6x7 padded to 8x9: the padding is still 255 (ignored)
+    assert (on["label"][6:] == 255).all() and (on["label"][:, 7:] == 255).all()
+    inside_on, inside_off = on["label"][:6, :7], off["label"][:6, :7]
+  else:
+    inside_on, inside_off = on["label"], off["label"]
+  assert 255 in inside_off and 255 not in inside_on
+  np.testing.assert_array_equal(inside_on, np.where(inside_off == 255, 0, inside_off))
+
