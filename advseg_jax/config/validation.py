@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Tuple
 
 from advseg_jax import methods
+from advseg_jax.data.pipeline import CROP_MODES, PAD_FILLS
 from advseg_jax.data.splits import SPLIT_RULES
 from advseg_jax.kernels.selection import ASPP_IMPLS, CONV_DX_IMPLS, POINTWISE_IMPLS
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
@@ -60,13 +61,13 @@ def _check_stream(c: Any, prefix: str) -> None:
   _check(c.gt_loader in ("plain", "advsemi"), f"{prefix}.gt_loader", "'plain' or 'advsemi'",
          c.gt_loader)
   mode = c.get("crop_mode", "random")
-  _check(mode in ("random", "random_sized"), f"{prefix}.crop_mode",
+  _check(mode in CROP_MODES, f"{prefix}.crop_mode",
          "'random' (pad + random crop) or 'random_sized' (RandomSizedCrop)", mode)
   _check(mode == "random" or (c.crop_size is not None and c.gt_loader == "plain"),
          f"{prefix}.crop_mode", "'random' unless crop_size is set and gt_loader is 'plain'", mode)
   _check(c.eval_mode in ("pad", "resize", "none"), f"{prefix}.eval_mode",
          "'pad', 'resize' or 'none'", c.eval_mode)
-  _check(c.get("eval_pad_fill", "mean") in ("mean", "black"), f"{prefix}.eval_pad_fill",
+  _check(c.get("eval_pad_fill", "mean") in PAD_FILLS, f"{prefix}.eval_pad_fill",
          "'mean' (0 after normalisation) or 'black' (RGB 0 before it)", c.get("eval_pad_fill"))
   _check(isinstance(c.num_workers, int) and c.num_workers >= 0, f"{prefix}.num_workers",
          "an int >= 0", c.num_workers)

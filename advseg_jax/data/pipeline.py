@@ -87,10 +87,11 @@ def decode_example(raw: dict, use_labels: bool) -> tuple[np.ndarray, Optional[np
 class TrainTransform:
   """Decode + augment one raw record with a per-element `np.random.Generator`.
 
-  Order: [`ignore_as_background`: label 255 -> 0] -> optional whole-image resize (Pillow) -> random scale (cv2 semantics) or the AdvSemiSeg
-  GT-loader sizing -> [`crop_mode='random_sized'`: the ICLR-2018 `RandomSizedCrop`] ->
-  normalisation / channel order -> [`crop_mode='random'`: pad bottom-right -> random crop] ->
-  random mirror. Random draws in that order: scale factor(s), crop, mirror.
+  Order: [`ignore_as_background`: label 255 -> 0] -> optional whole-image resize (Pillow) ->
+  random scale (cv2 semantics) or the AdvSemiSeg GT-loader sizing ->
+  [`crop_mode='random_sized'`: the ICLR-2018 `RandomSizedCrop`] -> normalisation / channel
+  order -> [`crop_mode='random'`: pad bottom-right -> random crop] -> random mirror. Random
+  draws in that order: scale factor(s), crop, mirror.
   Output: `{"image": float32 [H, W, 3], "label": uint8 [H, W]}` (label when used), or None
   for a bad example when `skip_bad_examples` (grain drops Nones).
   """
