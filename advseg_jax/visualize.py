@@ -108,18 +108,21 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, alpha: fl
   return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
 
 
-def to_display_rgb(image: np.ndarray, mean_bgr: Sequence[float], channel_order: str) -> np.ndarray:
-  """Inverse of the input preprocessing: mean-subtracted network input -> `uint8` RGB.
+def to_display_rgb(image: np.ndarray, mean_bgr: Sequence[float], channel_order: str,
+                   std_bgr: Optional[Sequence[float]] = None) -> np.ndarray:
+  """Inverse of the input preprocessing: normalised network input -> `uint8` RGB.
 
   `image` is `[..., H, W, 3]` float on the 0-255 scale in `channel_order` ('RGB' or 'BGR')
-  with `mean_bgr` (B, G, R order) subtracted, as produced by `advseg_jax.data`.
+  with `mean_bgr` (B, G, R order) subtracted and, when given, divided by `std_bgr`, as
+  produced by `advseg_jax.data`.
   """
   mean = np.asarray(mean_bgr, np.float32)
+  std = np.ones(3, np.float32) if std_bgr is None else np.asarray(std_bgr, np.float32)
   x = np.asarray(image, np.float32)
   if channel_order == "BGR":
-    x = (x + mean)[..., ::-1]
+    x = (x * std + mean)[..., ::-1]
   elif channel_order == "RGB":
-    x = x + mean[::-1]
+    x = x * std[::-1] + mean[::-1]
   else:
     raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
   return np.clip(np.rint(x), 0, 255).astype(np.uint8)

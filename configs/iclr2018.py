@@ -21,13 +21,19 @@ brackets, docs/FIDELITY.md §9.1):
   | semi | n/a          | 69.05 (73.2) |
 
 What the presets reproduce: the D-first iteration, the random labelled / unlabelled
-alternation, D's summed loss, 255 as background in training, the nesterov one-group G
-optimiser with trainable BN, the 4-branch ASPP, the in-forward upsampling, the step counts of
-its 20 epochs and a validation each epoch (the best model is kept). Not reproduced (listed in
-docs/FIDELITY.md §8): the std division of its ImageNet normalisation (the ImageNet mean is
-subtracted), `RandomSizedCrop` (a plain random 321 crop), its `np.random.seed(100)` split,
-validation on random 321 crops with 255 counted as background, and data order: both streams
-are read every step and the step uses one of them.
+alternation, D's summed loss, the nesterov one-group G optimiser with trainable BN, the
+4-branch ASPP, the in-forward upsampling, the step counts of its 20 epochs and a validation
+each epoch (the best model is kept), and its data pipeline [§8]: the ImageNet mean and std
+normalisation (`data.std_bgr`), `RandomSizedCrop` to 321 (`data.crop_mode='random_sized'`),
+the labelled subset of `np.random.seed(100)` (`split_rule='iclr2018'`; the same images as the
+original's when `voc_aug` was prepared from AdvSemiSeg's `train_aug.txt`, which is its
+`datasets/lists/train.txt` line for line), 255 counted as background in training and
+validation (`ignore_as_background`), and `--val_orig` validation: the whole image
+zero-padded to 513 before normalisation (`eval_pad_fill='black'`).
+Not reproduced (docs/FIDELITY.md §8): the data order (the original reads only the chosen
+loader each step and falls back to the other when one is exhausted within an epoch; here both
+streams are read every step and the step uses one of them), and validation without
+`--val_orig` (random 321 crops of each image).
 Every value below is the original's (`train.py` argparse defaults); the bracket names the
 docs/FIDELITY.md section.
 """
@@ -41,8 +47,10 @@ TRAIN_IMAGES = 10582     # [§8] datasets/lists/train.txt
 EPOCHS = 20              # [§8] --max_epoch
 BATCH = 10               # [§8] --batch_size, drop_last=True
 MAX_ITER = 20000         # [§8] poly_lr_scheduler max_iter; the lr stays 0 after it
-# ImageNet mean (B, G, R, 0-255 scale) of its NormalizeOwn (0.485, 0.456, 0.406 in RGB, 0-1)
+# ImageNet mean and std (B, G, R, 0-255 scale) of its NormalizeOwn (utils/transforms.py:8-13:
+# mean 0.485, 0.456, 0.406 and std 0.229, 0.224, 0.225, RGB on the 0-1 scale)
 IMAGENET_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
+IMAGENET_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
 
 
 def parse(name):
@@ -76,6 +84,7 @@ def get_config(arg=None):
   c.batch_size = BATCH
   c.iter_size = 1
   c.labelled_fraction = fraction      # [§8] --split
+  c.split_rule = "iclr2018"           # [§8] np.random.seed(100) + np.random.choice
   c.eval_every = epoch                # [§8] validation after every epoch, best kept
   c.checkpoint_every = epoch
   c.log_every = 10
@@ -112,13 +121,19 @@ def get_config(arg=None):
   c.optim_d.power = 0.9
 
   c.data = defaults.stream_config(
-      "voc_aug", split="train", crop_size=(321, 321),  # [§8] 321 crops (RandomSizedCrop)
+      "voc_aug", split="train", crop_size=(321, 321),
+      crop_mode="random_sized",       # [§8] RandomSizedCrop((321, 321))
       channel_order="RGB",            # [§8] PIL RGB input
-      mean_bgr=IMAGENET_MEAN_BGR,     # [§8] NormalizeOwn's mean (its std is not applied)
+      mean_bgr=IMAGENET_MEAN_BGR,     # [§8] ToTensor + NormalizeOwn
+      std_bgr=IMAGENET_STD_BGR,
+      ignore_as_background=True,      # [§8] IgnoreLabelClass
       random_scale=False, random_mirror=False)
   c.eval_data = defaults.stream_config(
       "voc_aug", split="validation", crop_size=None, channel_order="RGB",
-      mean_bgr=IMAGENET_MEAN_BGR, eval_mode="pad", eval_pad_size=(513, 513))  # [§8] --val_orig
+      mean_bgr=IMAGENET_MEAN_BGR, std_bgr=IMAGENET_STD_BGR,
+      ignore_as_background=True,      # [§8] IgnoreLabelClass on the validation labels too
+      eval_mode="pad", eval_pad_size=(513, 513),  # [§8] --val_orig: ZeroPadding to 513 ...
+      eval_pad_fill="black")          # [§8] ... of the raw image, before NormalizeOwn
   c.eval_mean_mode = "nanmean"        # [§8] utils/metrics.py scores(): nanmean of the IoUs
 
   c.init.rule = "advsemi"             # [§8] copy the COCO init's entries that match

@@ -166,7 +166,8 @@ def _recompute_bn(fv: flags.FlagValues, variables, spec, protocol):
 def _print_result(fv: flags.FlagValues, result: ev.EvalResult, source: str,
                   scored: Optional[str], bn_note: Optional[str] = None) -> None:
   protocol = result.protocol
-  size = {"pad": f", padded to {protocol.pad_size}",
+  fill = "" if protocol.pad_fill == "mean" else f" with {protocol.pad_fill}"
+  size = {"pad": f", padded to {protocol.pad_size}{fill}",
           "resize": f", input resized to {protocol.input_size}"}.get(protocol.eval_mode, "")
   print(f"checkpoint: {source}")
   if scored:

@@ -148,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_data = stream_config("voc_aug", split="validation", crop_size=None, eval_mode="pad")
   c.labelled_fraction = 0.5   # §6.1 --partial-data default
   c.split_file = ml_collections.config_dict.placeholder(str)  # our JSON or train_id.pkl
+  # How a new split is drawn (advseg_jax.data.splits): 'advsemi' (§6.2, a permutation seeded
+  # by `seed`) or 'iclr2018' (§8, np.random.seed(100) + np.random.choice, whatever `seed`).
+  c.split_rule = "advsemi"
 
   c.init = ml_collections.ConfigDict()
   c.init.checkpoint = ml_collections.config_dict.placeholder(str)  # .pth or converted model dir

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Tuple
 
 from advseg_jax import methods
+from advseg_jax.data.pipeline import CROP_MODES, PAD_FILLS
+from advseg_jax.data.splits import SPLIT_RULES
 from advseg_jax.kernels.selection import ASPP_IMPLS, CONV_DX_IMPLS, POINTWISE_IMPLS
 from advseg_jax.models.registry import DISCRIMINATOR_ARCHS, DTYPES, GENERATOR_ARCHS
 from advseg_jax.models.resnet import RESNET_DEPTHS
@@ -52,10 +54,21 @@ def _check_stream(c: Any, prefix: str) -> None:
          "'RGB', 'BGR' or None (the dataset's default)", c.channel_order)
   _check(len(tuple(c.mean_bgr)) == 3 and all(_is_num(x) for x in c.mean_bgr),
          f"{prefix}.mean_bgr", "three numbers (B, G, R)", c.mean_bgr)
+  std = c.get("std_bgr")
+  _check(std is None or (isinstance(std, Iterable) and len(tuple(std)) == 3
+                         and all(_is_num(x) and x > 0 for x in std)),
+         f"{prefix}.std_bgr", "None or three positive numbers (B, G, R, 0-255 scale)", std)
   _check(c.gt_loader in ("plain", "advsemi"), f"{prefix}.gt_loader", "'plain' or 'advsemi'",
          c.gt_loader)
+  mode = c.get("crop_mode", "random")
+  _check(mode in CROP_MODES, f"{prefix}.crop_mode",
+         "'random' (pad + random crop) or 'random_sized' (RandomSizedCrop)", mode)
+  _check(mode == "random" or (c.crop_size is not None and c.gt_loader == "plain"),
+         f"{prefix}.crop_mode", "'random' unless crop_size is set and gt_loader is 'plain'", mode)
   _check(c.eval_mode in ("pad", "resize", "none"), f"{prefix}.eval_mode",
          "'pad', 'resize' or 'none'", c.eval_mode)
+  _check(c.get("eval_pad_fill", "mean") in PAD_FILLS, f"{prefix}.eval_pad_fill",
+         "'mean' (0 after normalisation) or 'black' (RGB 0 before it)", c.get("eval_pad_fill"))
   _check(isinstance(c.num_workers, int) and c.num_workers >= 0, f"{prefix}.num_workers",
          "an int >= 0", c.num_workers)
   _check(isinstance(c.read_threads, int) and c.read_threads >= 1, f"{prefix}.read_threads",
@@ -178,6 +191,8 @@ def _check_schedule(c: Any, num_devices: int) -> None:
          "an int >= 0", c.eval_max_examples)
   _check(_is_num(c.labelled_fraction) and 0 < c.labelled_fraction <= 1, "labelled_fraction",
          "a number in (0, 1]", c.labelled_fraction)
+  _check(c.get("split_rule", "advsemi") in SPLIT_RULES, "split_rule",
+         f"one of {SPLIT_RULES}", c.get("split_rule"))
   _check(c.parallel.mode in ("pmap", "shard_map", "jit"), "parallel.mode",
          "'pmap', 'shard_map' or 'jit'", c.parallel.mode)
   per_step = c.batch_size * c.iter_size  # each stream yields batch_size per sub-iteration

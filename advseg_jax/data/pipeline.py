@@ -2,7 +2,8 @@
 
 Train batches (`make_train_iterator`), endless, reshuffled every epoch:
 
-  {"image": float32 [B, H, W, 3]   # NHWC, mean-subtracted, 0-255 scale, cfg.channel_order
+  {"image": float32 [B, H, W, 3]   # NHWC, cfg.channel_order, 0-255 scale minus mean_bgr
+                                   # (then divided by std_bgr when it is set)
    "label": int32   [B, H, W]}     # train ids, 255 = ignore (only if the split has labels)
 
 Eval batches (`make_eval_iterator`), finite, the last one padded:
@@ -38,6 +39,11 @@ from advseg_jax.data import transforms
 from advseg_jax.data.errors import BadExampleError
 
 log = logging.getLogger(__name__)
+# eval 'pad' fill: 0 after normalisation (the mean colour; AdvSemiSeg's evaluate_voc.py) or
+# RGB 0 before it (the ICLR-2018 reproduction's ZeroPadding).
+PAD_FILLS = ("mean", "black")
+# training crop: pad + random crop (AdvSemiSeg) or the ICLR-2018 reproduction's RandomSizedCrop
+CROP_MODES = ("random", "random_sized")
 
 
 def _channel_order(cfg) -> str:
@@ -46,6 +52,11 @@ def _channel_order(cfg) -> str:
 
 def _hw(v) -> Optional[tuple[int, int]]:
   return None if v is None else (int(v[0]), int(v[1]))
+
+
+def _std(cfg) -> Optional[tuple[float, ...]]:
+  std = cfg.get("std_bgr")
+  return None if std is None else tuple(float(s) for s in std)
 
 
 def decode_example(raw: dict, use_labels: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -76,9 +87,11 @@ def decode_example(raw: dict, use_labels: bool) -> tuple[np.ndarray, Optional[np
 class TrainTransform:
   """Decode + augment one raw record with a per-element `np.random.Generator`.
 
-  Order: optional whole-image resize (Pillow) -> random scale (cv2 semantics) or the AdvSemiSeg
-  GT-loader sizing -> mean subtraction / channel order -> pad bottom-right -> random crop ->
-  random mirror. Random draws in that order: scale factor(s), crop offsets (h, w), mirror.
+  Order: [`ignore_as_background`: label 255 -> 0] -> optional whole-image resize (Pillow) ->
+  random scale (cv2 semantics) or the AdvSemiSeg GT-loader sizing ->
+  [`crop_mode='random_sized'`: the ICLR-2018 `RandomSizedCrop`] -> normalisation / channel
+  order -> [`crop_mode='random'`: pad bottom-right -> random crop] -> random mirror. Random
+  draws in that order: scale factor(s), crop, mirror.
   Output: `{"image": float32 [H, W, 3], "label": uint8 [H, W]}` (label when used), or None
   for a bad example when `skip_bad_examples` (grain drops Nones).
   """
@@ -86,18 +99,26 @@ class TrainTransform:
   def __init__(self, cfg):
     self.resize_size = _hw(cfg.resize_size)
     self.crop_size = _hw(cfg.crop_size)
+    self.crop_mode = cfg.get("crop_mode", "random")
     self.random_scale = bool(cfg.random_scale)
     self.scale_factors = tuple(float(f) for f in cfg.scale_factors)
     self.random_mirror = bool(cfg.random_mirror)
     self.channel_order = _channel_order(cfg)
     self.mean_bgr = tuple(float(m) for m in cfg.mean_bgr)
+    self.std_bgr = _std(cfg)
     self.gt_loader = cfg.gt_loader
     self.use_labels = bool(cfg.use_labels)
+    self.ignore_as_background = bool(cfg.get("ignore_as_background", False))
     self.skip_bad_examples = bool(cfg.skip_bad_examples)
     if self.gt_loader not in ("plain", "advsemi"):
       raise ValueError(f"gt_loader must be 'plain' or 'advsemi', got {self.gt_loader!r}")
     if self.gt_loader == "advsemi" and self.crop_size is None:
       raise ValueError("gt_loader='advsemi' needs crop_size")
+    if self.crop_mode not in CROP_MODES:
+      raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+    if self.crop_mode == "random_sized" and (self.crop_size is None or
+                                             self.gt_loader != "plain"):
+      raise ValueError("crop_mode='random_sized' needs crop_size and gt_loader='plain'")
 
   def __call__(self, raw: dict, rng: np.random.Generator) -> Optional[dict]:
     try:
@@ -112,6 +133,8 @@ class TrainTransform:
   def augment(self, image: np.ndarray, label: Optional[np.ndarray],
               rng: np.random.Generator) -> dict:
     """The augmentation of a decoded example (see class docstring)."""
+    if self.ignore_as_background:
+      label = transforms.ignore_as_background(label)
     if self.resize_size is not None:
       image, label = transforms.resize_example_pil(image, label, self.resize_size)
     if self.gt_loader == "advsemi":
@@ -121,8 +144,10 @@ class TrainTransform:
                                           self.random_scale, self.scale_factors)
     elif self.random_scale:
       image, label, _ = transforms.random_scale(image, label, rng, self.scale_factors)
-    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order)
-    if self.crop_size is not None:
+    if self.crop_mode == "random_sized":
+      image, label, _ = transforms.random_sized_crop(image, label, self.crop_size, rng)
+    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order, self.std_bgr)
+    if self.crop_size is not None and self.crop_mode == "random":
       x, label = transforms.pad_bottom_right(x, label, self.crop_size)
       x, label, _ = transforms.random_crop(x, label, self.crop_size, rng)
     if self.random_mirror:
@@ -136,23 +161,30 @@ class TrainTransform:
 class EvalTransform:
   """Decode + eval-mode sizing of one raw record (deterministic).
 
-  `eval_mode`: 'pad' pads the image (0 after mean subtraction) and label (255) bottom/right to
-  `eval_pad_size`; 'resize' resizes the image (PIL bicubic) to `eval_resize_size` and
+  `eval_mode`: 'pad' pads the image and label (255) bottom/right to `eval_pad_size`, the image
+  with `eval_pad_fill` 'mean' (0 after normalisation) or 'black' (RGB 0 before it, so
+  `(0 - mean) / std` after); 'resize' resizes the image (PIL bicubic) to `eval_resize_size` and
   keeps the label at full size; 'none' leaves sizes alone. Output: `{"image": float32
   [H, W, 3], "orig_hw": int32 [2] (the decoded image size), "file_name": str, "label": uint8
-  [Hl, Wl]}` (label when used), or None for a bad example when `skip_bad_examples`.
+  [Hl, Wl]}` (label when used), or None for a bad example when `skip_bad_examples`. With
+  `ignore_as_background` the label's 255 pixels become 0 before any padding (which stays 255).
   """
 
   def __init__(self, cfg):
     self.mode = cfg.eval_mode
     self.pad_size = _hw(cfg.eval_pad_size)
+    self.pad_fill = cfg.get("eval_pad_fill", "mean")
     self.resize_size = _hw(cfg.eval_resize_size)
     self.channel_order = _channel_order(cfg)
     self.mean_bgr = tuple(float(m) for m in cfg.mean_bgr)
+    self.std_bgr = _std(cfg)
     self.use_labels = bool(cfg.use_labels)
+    self.ignore_as_background = bool(cfg.get("ignore_as_background", False))
     self.skip_bad_examples = bool(cfg.skip_bad_examples)
     if self.mode not in ("pad", "resize", "none"):
       raise ValueError(f"eval_mode must be 'pad', 'resize' or 'none', got {self.mode!r}")
+    if self.pad_fill not in PAD_FILLS:
+      raise ValueError(f"eval_pad_fill must be one of {PAD_FILLS}, got {self.pad_fill!r}")
 
   def __call__(self, raw: dict) -> Optional[dict]:
     name = raw["file_name"]
@@ -164,13 +196,18 @@ class EvalTransform:
       log.warning("skipping bad example: %s", e)
       return None
     h, w = image.shape[:2]
+    if self.ignore_as_background:
+      label = transforms.ignore_as_background(label)
     if self.mode == "resize":
       image = transforms.resize_pil(image, self.resize_size, "bicubic")
-    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order)
     if self.mode == "pad":
       ph, pw = self.pad_size
       if h > ph or w > pw:
         raise BadExampleError(name, f"image {h}x{w} is larger than eval_pad_size {ph}x{pw}")
+      if self.pad_fill == "black":  # the raw image padded, then normalised
+        image, label = transforms.pad_bottom_right(image, label, self.pad_size, image_value=0)
+    x = transforms.subtract_mean(image, self.mean_bgr, self.channel_order, self.std_bgr)
+    if self.mode == "pad":  # 'mean': 0 after normalisation (nothing left to pad for 'black')
       x, label = transforms.pad_bottom_right(x, label, self.pad_size)
     out = {"image": np.ascontiguousarray(x, np.float32),
            "orig_hw": np.array([h, w], np.int32), "file_name": name}

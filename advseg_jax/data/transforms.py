@@ -13,11 +13,16 @@ The geometry follows the originals:
 - AdvSemiSeg `VOCGTDataSet`: `advsemi_gt_rescale`.
 - AdaptSegNet (PIL, docs/FIDELITY.md §7.3): `resize_pil` to a fixed size, `BICUBIC` image /
   `NEAREST` label.
+- The ICLR-2018 reproduction (PIL, docs/FIDELITY.md §8): `random_sized_crop`, its
+  `RandomSizedCrop` (`BILINEAR` image / `NEAREST` label), with the fallback `scale_shorter_side`
+  + `center_crop`.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
+
+import math
 
 import numpy as np
 from PIL import Image
@@ -133,18 +138,30 @@ def resize_example_pil(image: np.ndarray, label: Optional[np.ndarray], out_hw: H
 
 # ----------------------------------------------------------------------------- values
 
-def subtract_mean(image: np.ndarray, mean_bgr: Sequence[float], channel_order: str) -> np.ndarray:
-  """RGB `uint8 [H, W, 3]` -> `float32 [H, W, 3]` in `channel_order` minus the mean.
+def subtract_mean(image: np.ndarray, mean_bgr: Sequence[float], channel_order: str,
+                  std_bgr: Optional[Sequence[float]] = None) -> np.ndarray:
+  """RGB `uint8 [H, W, 3]` -> `float32 [H, W, 3]` in `channel_order`, minus the mean.
 
-  `mean_bgr` is given in B, G, R order; it is reordered to match, so each channel always
-  has its own mean subtracted (0-255 scale, no division by a std).
+  `mean_bgr` (and `std_bgr`) are given in B, G, R order on the 0-255 scale; they are
+  reordered to match, so each channel always gets its own values. With `std_bgr` the result
+  is also divided by it: `(x - 255 m) / (255 s)` equals torchvision's `Normalize(m, s)` after
+  `ToTensor()` (the ICLR-2018 reproduction, docs/FIDELITY.md §8). None: no division.
   """
-  mean = np.asarray(mean_bgr, np.float32)
-  if channel_order == "BGR":
-    return image[..., ::-1].astype(np.float32) - mean
-  if channel_order == "RGB":
-    return image.astype(np.float32) - mean[::-1]
-  raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+  if channel_order not in ("BGR", "RGB"):
+    raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+  flip = slice(None, None, -1) if channel_order == "RGB" else slice(None)
+  x = image[..., ::-1] if channel_order == "BGR" else image
+  x = x.astype(np.float32) - np.asarray(mean_bgr, np.float32)[flip]
+  if std_bgr is not None:
+    x = x / np.asarray(std_bgr, np.float32)[flip]
+  return x
+
+
+def ignore_as_background(label: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  """The ICLR-2018 reproduction's `IgnoreLabelClass`: 255 (ignore) -> 0 (background)."""
+  if label is None:
+    return None
+  return np.where(label == IGNORE_LABEL, 0, label).astype(label.dtype)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -222,3 +239,74 @@ def advsemi_gt_rescale(image: np.ndarray, label: np.ndarray, crop_hw: HW,
     image = resize_bilinear(image, crop_hw)
     label = resize_nearest(label, crop_hw)
   return image, label
+
+
+# ----------------------------------------------------------------------------- ICLR-2018 crop
+
+def _round_half_up(x: float) -> int:
+  """Python 2's `round` of a non-negative number (halves away from zero), as an int."""
+  return int(math.floor(x + 0.5))
+
+
+def scale_shorter_side(image: np.ndarray, label: Optional[np.ndarray], size: int
+                       ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """torchvision `Scale(size)`: the shorter side to `size`, the longer to
+  `int(size * long / short)`; PIL bilinear image, nearest label (unchanged if already so)."""
+  h, w = image.shape[:2]
+  out_hw = (size, size * w // h) if h <= w else (size * h // w, size)
+  image = resize_pil(image, out_hw, "bilinear")
+  if label is not None:
+    label = resize_pil(label, out_hw, "nearest")
+  return image, label
+
+
+def center_crop(image: np.ndarray, label: Optional[np.ndarray], crop_hw: HW
+                ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """torchvision `CenterCrop`: offsets `round((H - ch) / 2)`, `round((W - cw) / 2)` with the
+  halves rounded up (the original ran on Python 2). Requires `H >= ch` and `W >= cw`."""
+  h, w = image.shape[:2]
+  ch, cw = crop_hw
+  if h < ch or w < cw:
+    raise ValueError(f"center_crop: image {h}x{w} is smaller than the crop {ch}x{cw}")
+  ho, wo = _round_half_up((h - ch) / 2.0), _round_half_up((w - cw) / 2.0)
+  image = image[ho:ho + ch, wo:wo + cw]
+  if label is not None:
+    label = label[ho:ho + ch, wo:wo + cw]
+  return image, label
+
+
+def random_sized_crop(image: np.ndarray, label: Optional[np.ndarray], out_hw: HW,
+                      rng: np.random.Generator, max_attempts: int = 10
+                      ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[tuple[int, ...]]]:
+  """The ICLR-2018 reproduction's `RandomSizedCrop`, jointly on a `uint8` image and label.
+
+  Up to `max_attempts` times: with `A = H * W`, draw `f ~ U(0.08, 1)` and `r ~ U(3/4, 4/3)`;
+  `w = round(sqrt(A f r))`, `h = round(sqrt(A f / r))`, swapped with p = 0.5; if the box fits
+  (`1 <= w <= W`, `1 <= h <= H`) take it at `x1 = randint(0, W - w)`, `y1 = randint(0, H - h)`
+  (inclusive) and resize it to `out_hw` (PIL bilinear image, nearest label). After
+  `max_attempts` misses: `scale_shorter_side` to `max(out_hw)` then `center_crop(out_hw)`.
+  Draws per attempt: f, r, swap, then x1, y1 for the box taken.
+
+  Returns:
+    `(image uint8 [oh, ow, 3], label [oh, ow] or None, (y1, x1, h, w) of the box or None
+    after the fallback)`.
+  """
+  H, W = image.shape[:2]
+  area = H * W
+  for _ in range(max_attempts):
+    frac = rng.uniform(0.08, 1.0)
+    aspect = rng.uniform(3.0 / 4.0, 4.0 / 3.0)
+    w = _round_half_up(math.sqrt(area * frac * aspect))
+    h = _round_half_up(math.sqrt(area * frac / aspect))
+    if rng.random() < 0.5:
+      w, h = h, w
+    if 1 <= w <= W and 1 <= h <= H:  # a 0-pixel box (images under 5 pixels) misses
+      x1 = int(rng.integers(0, W - w, endpoint=True))
+      y1 = int(rng.integers(0, H - h, endpoint=True))
+      image = resize_pil(image[y1:y1 + h, x1:x1 + w], out_hw, "bilinear")
+      if label is not None:
+        label = resize_pil(label[y1:y1 + h, x1:x1 + w], out_hw, "nearest")
+      return image, label, (y1, x1, h, w)
+  image, label = scale_shorter_side(image, label, max(out_hw))
+  image, label = center_crop(image, label, out_hw)
+  return image, label, None

@@ -113,6 +113,8 @@ class Protocol:
   pad_size: Optional[Tuple[int, int]]    # 'pad'
   input_size: Optional[Tuple[int, int]]  # 'resize'
   mean_mode: str                         # advseg_jax.metrics mean mode of the headline mIoU
+  pad_fill: str = "mean"                 # 'pad': 'mean' | 'black' (data eval_pad_fill)
+  ignore_as_background: bool = False     # labels' 255 scored as class 0 (ICLR-2018, §8)
 
 
 def _spec_eval(spec: Mapping[str, Any], choice: "DatasetChoice") -> Optional[Mapping[str, Any]]:
@@ -137,8 +139,8 @@ def resolve_protocol(protocol: str, spec: Mapping[str, Any], choice: "DatasetCho
   voc: pad to 505 (or `pad_size`), TP>0 mean; cityscapes: resize to 1024x512 (or
   `input_size`), nanmean. auto: the checkpoint's own eval settings when it was evaluated on
   this dataset during training (the training loop's rule: pad -> voc mean, otherwise
-  nanmean, or the recorded `mean_mode`); otherwise voc for voc_aug, native size + nanmean for
-  shapes, cityscapes for the rest.
+  nanmean, or the recorded `mean_mode`, pad fill and `ignore_as_background`); otherwise voc
+  for voc_aug, native size + nanmean for shapes, cityscapes for the rest.
   """
   if protocol not in PROTOCOLS:
     raise EvaluationError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -155,7 +157,8 @@ def resolve_protocol(protocol: str, spec: Mapping[str, Any], choice: "DatasetCho
     if mode == "pad" or (mode is None and choice.name == "voc_aug"):
       size = pad_size or (tuple(e["eval_pad_size"]) if e and e.get("eval_pad_size")
                           else VOC_PAD_SIZE)
-      p = Protocol("voc", "pad", tuple(size), None, "voc")
+      p = Protocol("voc", "pad", tuple(size), None, "voc",
+                   pad_fill=str(e.get("eval_pad_fill") or "mean") if e else "mean")
     elif mode == "resize" or (mode is None and choice.name != "shapes"):
       size = input_size or (tuple(e["eval_resize_size"]) if e and e.get("eval_resize_size")
                             else CITYSCAPES_INPUT_SIZE)
@@ -167,6 +170,7 @@ def resolve_protocol(protocol: str, spec: Mapping[str, Any], choice: "DatasetCho
     recorded = spec.get("mean_mode")
     if e is not None and recorded in ("voc", "nanmean", "all"):
       p.mean_mode = recorded
+    p.ignore_as_background = bool(e.get("ignore_as_background", False)) if e else False
   if pad_size is not None and p.eval_mode == "pad":
     p.pad_size = tuple(pad_size)
   if input_size is not None and p.eval_mode == "resize":
@@ -241,8 +245,11 @@ def eval_stream(spec: Mapping[str, Any], choice: DatasetChoice, protocol: Protoc
   return data.dataset_config(
       name=choice.name, config_name=choice.config_name, data_dir=data_dir,
       channel_order=spec.get("channel_order") or ds_info.default_channel_order,
-      mean_bgr=tuple(spec.get("mean_bgr") or ds_info.mean_bgr), eval_mode=protocol.eval_mode,
-      eval_pad_size=tuple(protocol.pad_size or VOC_PAD_SIZE),
+      mean_bgr=tuple(spec.get("mean_bgr") or ds_info.mean_bgr),
+      std_bgr=tuple(spec["std_bgr"]) if spec.get("std_bgr") else None,
+      eval_mode=protocol.eval_mode,
+      eval_pad_size=tuple(protocol.pad_size or VOC_PAD_SIZE), eval_pad_fill=protocol.pad_fill,
+      ignore_as_background=protocol.ignore_as_background,
       eval_resize_size=tuple(protocol.input_size or CITYSCAPES_INPUT_SIZE))
 
 
@@ -280,6 +287,8 @@ def evaluate(variables, spec: Mapping[str, Any], choice: DatasetChoice, protocol
   settings = dict(dataset=choice.full_name, split=split, batch_size=batch_size, flip=flip,
                   scales=list(scales), eval_mode=protocol.eval_mode,
                   pad_size=list(protocol.pad_size) if protocol.eval_mode == "pad" else None,
+                  pad_fill=protocol.pad_fill if protocol.eval_mode == "pad" else None,
+                  ignore_as_background=protocol.ignore_as_background,
                   input_size=(list(protocol.input_size) if protocol.eval_mode == "resize"
                               else None),
                   channel_order=cfg.channel_order, arch=spec.get("arch"),

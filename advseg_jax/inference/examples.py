@@ -84,7 +84,7 @@ def collect_examples(workdir: str, *, num: int, split: str, data_dir: Optional[s
     if choice.label_lut is not None:
       gt = choice.label_lut[np.clip(gt, 0, 255)]
     shown = x[0] if protocol.eval_mode == "resize" else x[0, :h, :w]
-    rgb = visualize.to_display_rgb(shown, cfg.mean_bgr, cfg.channel_order)
+    rgb = visualize.to_display_rgb(shown, cfg.mean_bgr, cfg.channel_order, cfg.std_bgr)
     out.append(dict(image=rgb, gt=gt, pred=pred, conf=conf[:h, :w],
                     name=str(batch["file_name"][i])))
   conf_title = ("D confidence: P(real) of the prediction" if d_fn is not None

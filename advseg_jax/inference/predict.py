@@ -12,7 +12,7 @@ their sub-folders):
 * `NAME_overlay.png`  -- the colour labels blended over the image (unless `overlay_alpha` is None);
 * `NAME_confidence.png` -- max softmax probability as 8-bit grey (with `save_confidence`).
 
-Preprocessing (channel order and mean) comes from the checkpoint's spec; predictions are always
+Preprocessing (channel order, mean and std) comes from the checkpoint's spec; predictions are always
 returned at the original image size (logits upsampled bilinearly, align_corners=True).
 """
 
@@ -176,11 +176,13 @@ def plan_batches(images: Sequence[InputImage], mode: str, batch_size: int, pad_m
 
 def preprocess(image: np.ndarray, spec: Mapping[str, Any], mode: str,
                input_size: Optional[Tuple[int, int]]) -> np.ndarray:
-  """RGB uint8 -> network input float32 (channel order + mean from the spec)."""
+  """RGB uint8 -> network input float32 (channel order, mean and std from the spec)."""
 
   if mode == "resize":
     image = T.resize_pil(image, tuple(input_size), "bicubic")
-  return T.subtract_mean(image, tuple(spec["mean_bgr"]), spec["channel_order"])
+  std = spec.get("std_bgr")
+  return T.subtract_mean(image, tuple(spec["mean_bgr"]), spec["channel_order"],
+                         tuple(std) if std else None)
 
 
 def output_paths(out_dir: str, rel: str) -> Dict[str, str]:

@@ -9,9 +9,11 @@ describe a model with this dataclass:
     json.dump(spec.to_json(), f)
 
 Generator fields: depths, width, stride_in_1x1, aspp_branches_used, bn_mode, channel_order,
-mean_bgr, dtype. Discriminator fields: ndf, num_downsamples, dtype. `num_classes` is the classifier's outputs
-of a generator and the input channels of a discriminator. Images are NHWC on the 0-255 scale;
-subtract `mean_bgr` (re-ordered to `channel_order`) before feeding a generator.
+mean_bgr, std_bgr, dtype. Discriminator fields: ndf, num_downsamples, dtype. `num_classes` is
+the classifier's outputs of a generator and the input channels of a discriminator. Images are
+NHWC on the 0-255 scale; subtract `mean_bgr` and, when `std_bgr` is set (None by default, and
+for specs saved before the field existed), divide by `std_bgr` (both re-ordered to
+`channel_order`) before feeding a generator.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from advseg_jax.models import architectures
 from advseg_jax.models.layers import BN_MODES
 
 GENERATOR_FIELDS = ("depths", "width", "stride_in_1x1", "aspp_branches_used", "bn_mode",
-                    "channel_order", "mean_bgr")
+                    "channel_order", "mean_bgr", "std_bgr")
 DISCRIMINATOR_FIELDS = ("ndf", "num_downsamples")
 
 
@@ -35,6 +37,14 @@ class SpecError(ValueError):
 def _check(cond: bool, field: str, expected: str, value: Any) -> None:
   if not cond:
     raise SpecError(f"model spec field {field} = {value!r} is invalid: expected {expected}")
+
+
+def _floats(value: Any, field: str) -> Tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in value)
+  except (TypeError, ValueError):
+    raise SpecError(f"model spec field {field} = {value!r} is invalid: expected 3 numbers "
+                    f"(B, G, R)") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +59,7 @@ class ModelSpec:
   bn_mode: str = "batch_stats"
   channel_order: str = "RGB"
   mean_bgr: Tuple[float, ...] = CAFFE_MEAN_BGR
+  std_bgr: Optional[Tuple[float, ...]] = None
   ndf: int = 64
   num_downsamples: int = 5
   dtype: str = "float32"
@@ -65,6 +76,8 @@ class ModelSpec:
     set_("depths", depths)
     set_("num_classes", int(self.num_classes))
     set_("mean_bgr", tuple(float(m) for m in self.mean_bgr))
+    if self.std_bgr is not None:
+      set_("std_bgr", _floats(self.std_bgr, "std_bgr"))
     _check(self.num_classes >= 1, "num_classes", "a positive int", self.num_classes)
     _check(self.channel_order in CHANNEL_ORDERS, "channel_order", f"one of {CHANNEL_ORDERS}",
            self.channel_order)
@@ -72,6 +85,8 @@ class ModelSpec:
            self.aspp_branches_used)
     _check(self.bn_mode in BN_MODES, "bn_mode", f"one of {BN_MODES}", self.bn_mode)
     _check(len(self.mean_bgr) == 3, "mean_bgr", "3 values (B, G, R)", self.mean_bgr)
+    _check(self.std_bgr is None or (len(self.std_bgr) == 3 and min(self.std_bgr) > 0),
+           "std_bgr", "None or 3 positive values (B, G, R)", self.std_bgr)
     _check(self.num_downsamples in (1, 2, 3, 4, 5), "num_downsamples", "1..5",
            self.num_downsamples)
 
@@ -95,6 +110,8 @@ class ModelSpec:
                  stride_in_1x1=bool(self.stride_in_1x1),
                  aspp_branches_used=int(self.aspp_branches_used), bn_mode=str(self.bn_mode),
                  channel_order=self.channel_order, mean_bgr=list(self.mean_bgr))
+      if self.std_bgr is not None:  # written only when set: older specs stay as they were
+        out["std_bgr"] = list(self.std_bgr)
     else:
       out["ndf"] = int(self.ndf)
       if self.num_downsamples != 5:  # written only when set, so older readers still load
@@ -114,7 +131,8 @@ class ModelSpec:
   @classmethod
   def from_config(cls, model: Any, *, num_classes: Optional[int] = None,
                   channel_order: str = "RGB",
-                  mean_bgr: Optional[Tuple[float, ...]] = None) -> "ModelSpec":
+                  mean_bgr: Optional[Tuple[float, ...]] = None,
+                  std_bgr: Optional[Tuple[float, ...]] = None) -> "ModelSpec":
     """The spec of `config.model` (a generator) or of `config.disc` (a discriminator; pass
     its input channels as `num_classes`)."""
     get = (model.get if isinstance(model, Mapping) or hasattr(model, "get")
@@ -127,6 +145,7 @@ class ModelSpec:
       fields.update({k: get(k) for k in GENERATOR_FIELDS[:5] if get(k) is not None})
       fields["channel_order"] = channel_order
       fields["mean_bgr"] = tuple(mean_bgr) if mean_bgr is not None else CAFFE_MEAN_BGR
+      fields["std_bgr"] = tuple(std_bgr) if std_bgr is not None else None
     else:
       fields.update({k: get(k) for k in DISCRIMINATOR_FIELDS if get(k) is not None})
     return cls(**fields)

@@ -30,14 +30,16 @@ def _dataset_info(stream: Any):
 def generator_spec_from_config(config: Any, **extra: Any) -> Dict[str, Any]:
   """The `model.json` spec of the generator `config.model` trains, with its preprocessing.
 
-  Preprocessing comes from the labelled / source stream `config.data` (channel order, mean);
+  Preprocessing comes from the labelled / source stream `config.data` (channel order, mean,
+  std);
   further keys: dtype, dataset, config_name, class_names, eval settings, method, `extra`.
   """
   m, s = config.model, config.data
   info = _dataset_info(s)
   channel_order = s.channel_order or (info.default_channel_order if info else "RGB")
-  spec = ModelSpec.from_config(m, channel_order=channel_order,
-                               mean_bgr=tuple(s.mean_bgr)).to_json()
+  std = s.get("std_bgr")  # absent from configs saved before it existed
+  spec = ModelSpec.from_config(m, channel_order=channel_order, mean_bgr=tuple(s.mean_bgr),
+                               std_bgr=None if std is None else tuple(std)).to_json()
   spec["dtype"] = str(m.dtype)
   spec["dataset"] = s.name
   spec["config_name"] = s.config_name
@@ -46,6 +48,8 @@ def generator_spec_from_config(config: Any, **extra: Any) -> Dict[str, Any]:
   e = config.eval_data
   spec["eval"] = {"dataset": e.name, "config_name": e.config_name, "split": e.split,
                   "eval_mode": e.eval_mode, "eval_pad_size": list(e.eval_pad_size),
+                  "eval_pad_fill": e.get("eval_pad_fill", "mean"),
+                  "ignore_as_background": bool(e.get("ignore_as_background", False)),
                   "eval_resize_size": list(e.eval_resize_size)}
   spec["method"] = config.method.name
   spec.update(extra)

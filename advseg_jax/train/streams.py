@@ -2,7 +2,7 @@
 
 One step consumes one batch from every stream the method needs (`methods.streams`):
 
-    labelled    config.data on the labelled ids (`labelled_fraction`, seeded split)
+    labelled    config.data on the labelled ids (`labelled_fraction`, split by `split_rule`)
     gt          config.data on the labelled ids again, independent order; `config.data.
                 gt_loader` picks AdvSemiSeg's VOCGTDataSet sizing ('advsemi') or 'plain'
     unlabelled  config.data on the remaining ids, labels not decoded
@@ -101,7 +101,8 @@ def make_split(config: Any, workdir: str, provider: Any, streams: Sequence[str])
   if jax.process_index() == 0:
     try:
       split = splits.load_or_create(workdir, n, fraction, int(config.seed),
-                                    partial_id=config.split_file, filename=SPLIT_FILE)
+                                    partial_id=config.split_file, filename=SPLIT_FILE,
+                                    rule=config.get("split_rule", "advsemi"))
     except (ValueError, OSError) as e:
       raise TrainingError(f"labelled split: {e}") from None
   sync("split")
@@ -113,7 +114,9 @@ def make_split(config: Any, workdir: str, provider: Any, streams: Sequence[str])
   if "unlabelled" in streams and split.unlabelled.size == 0:
     raise TrainingError(f"labelled_fraction {fraction} of {n} examples leaves no unlabelled "
                         f"example for the semi-supervised terms")
-  source = config.split_file or ("saved" if split.seed is None else f"seed {split.seed}")
+  source = config.split_file or ("saved" if split.seed is None else f"seed {split.seed}"
+                                 + ("" if split.rule in (None, "advsemi")
+                                    else f" ({split.rule} rule)"))
   return SplitInfo(path, split.fraction, split.num_examples, split.num_labelled, split.seed,
                    source, split.labelled, split.unlabelled)
 

@@ -15,11 +15,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import jax.numpy as jnp
+
+from advseg_jax import data
 from advseg_jax.cli import evaluate
+from advseg_jax.config import defaults
 from advseg_jax.data import prepare
+from advseg_jax.inference import evaluate as ev
+from advseg_jax.inference import evaluator
 from advseg_jax.models.spec import ModelSpec
 from advseg_jax.torch_port import convert
 from advseg_jax.train import export
+from advseg_jax.train.parallel import Parallel
 
 from tests.torch_ref import models as tr
 
@@ -375,6 +382,49 @@ def test_dataset_not_prepared(voc_model, tmp_path, capsys):
                       "--dataset", "voc_aug", "--data_dir", str(tmp_path / "empty")])
   assert rc == 2
   assert "prepare" in _one_error_line(capsys)
+
+
+class _Background:
+  """A stand-in generator that predicts class 0 (background) at every pixel."""
+
+  def apply(self, variables, x, train=False):
+    del variables, train
+    return jnp.zeros(x.shape[:3] + (21,), jnp.float32).at[..., 0].set(1.0)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_ignore_as_background_scores_255_as_background(data_dir, on):
+  """ICLR-2018's IgnoreLabelClass on the validation labels (train.py:463, :470): predicting
+  background on a 255 pixel is correct with `ignore_as_background`, unscored without it;
+  the padding to eval_pad_size stays unscored either way."""
+  root, ids = _voc_val()
+  raw = [np.asarray(Image.open(os.path.join(root, "SegmentationClassAug", f"{i}.png")))
+         for i in ids]
+  n255 = sum(int((r == 255).sum()) for r in raw)
+  n_bg = sum(int((r == 0).sum()) for r in raw)
+  scored = sum(int((r != 255).sum()) for r in raw)
+  assert n255 > 0 and n_bg > 0
+  c = defaults.base_config()
+  c.eval_data.data_dir = data_dir
+  c.eval_data.eval_pad_size = (45, 45)
+  c.eval_data.ignore_as_background = on
+  par = Parallel("jit")
+  # the training loop's evaluator, on config.eval_data
+  train_hist, n = evaluator.Evaluator(c, _Background(), par, data, ())({})
+  # the evaluate command's path: the settings recorded in model.json, protocol 'auto'
+  spec = export.generator_spec_from_config(c)
+  choice = ev.choose_dataset(None, spec)
+  protocol = ev.resolve_protocol("auto", spec, choice)
+  assert protocol.ignore_as_background is on
+  cfg = ev.eval_stream(spec, choice, protocol, split="validation", data_dir=data_dir)
+  step = evaluator.make_confusion_step(_Background(), 21, par)
+  cli_hist, _ = evaluator.accumulate_confusion(
+      step, par, {}, data.make_eval_iterator(cfg, split="validation", batch_size=2),
+      num_classes=21)
+  for hist in (train_hist, cli_hist):
+    assert n == len(ids) and (hist[:, 1:] == 0).all()  # every prediction is background
+    assert hist[0, 0] == n_bg + (n255 if on else 0)
+    assert hist.sum() == scored + (n255 if on else 0)
 
 
 def test_help_explains_every_flag(capsys):

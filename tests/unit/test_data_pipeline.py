@@ -8,6 +8,8 @@ import pytest
 from advseg_jax import data
 from advseg_jax.data import prepare
 
+from tests import loop_helpers
+
 BUILDERS = os.path.join(os.path.dirname(prepare.__file__), "builders")
 
 
@@ -181,3 +183,24 @@ def test_eval_sharding_equal_batch_counts(data_dir):
   names = [n for p in per for b in p for n, m in zip(b["file_name"], b["mask"]) if m]
   assert sorted(names) == sorted(["2007_000032", "2007_000039", "2008_000002", "2010_000005"])
   assert data.num_examples(cfg, "train") == 4 and data.num_examples(cfg, "val") == 2
+
+
+def test_iclr2018_preset_streams(data_dir):
+  """configs/iclr2018.py's streams on the dummy VOC: RandomSizedCrop to 321, ImageNet-
+  normalised values, no 255 left in the labels but the eval padding."""
+  c = loop_helpers.load_preset("iclr2018.py:semi_0.5")
+  train_cfg = c.data.copy_and_resolve_references()
+  eval_cfg = c.eval_data.copy_and_resolve_references()
+  for cfg in (train_cfg, eval_cfg):
+    cfg.data_dir, cfg.read_threads = data_dir, 1
+  b = next(data.make_train_iterator(train_cfg, split="train", batch_size=2, seed=0))
+  assert b["image"].shape == (2, 321, 321, 3) and b["label"].shape == (2, 321, 321)
+  assert -2.2 < b["image"].min() and b["image"].max() < 2.7  # (0..1 - mean) / std
+  assert 255 not in b["label"]
+  e = next(iter(data.make_eval_iterator(eval_cfg, split="validation", batch_size=2)))
+  h, w = e["orig_hw"][0]
+  assert e["image"].shape == (2, 513, 513, 3) and 255 not in e["label"][0, :h, :w]
+  assert (e["label"][0, h:] == 255).all()
+  black = (np.zeros(3) - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  np.testing.assert_allclose(e["image"][0, h:], np.broadcast_to(black, (513 - h, 513, 3)),
+                             rtol=1e-5)

@@ -1,4 +1,5 @@
-"""Labelled / unlabelled splits: sizes, determinism, JSON round trip, train_id.pkl."""
+"""Labelled / unlabelled splits: sizes, determinism, JSON round trip, train_id.pkl, and the
+ICLR-2018 reproduction's `np.random.seed(100)` rule."""
 
 import json
 import pickle
@@ -6,7 +7,11 @@ import pickle
 import numpy as np
 import pytest
 
+from advseg_jax.config import defaults
+from advseg_jax.config import validation
 from advseg_jax.data import splits
+
+from tests import seeds
 
 
 @pytest.mark.parametrize("fraction,n_lab", [(1 / 8, 1322), (1 / 4, 2645), (1 / 2, 5291),
@@ -78,3 +83,56 @@ def test_load_or_create(tmp_path):
   pkl.write_bytes(pickle.dumps(list(range(30))[::-1], protocol=2))
   c = splits.load_or_create(str(tmp_path / "other"), 30, 0.5, seed=1, partial_id=str(pkl))
   assert c.labelled.tolist() == list(range(29, 14, -1))
+
+
+def _original_iclr2018_split(n, fraction):
+  """datasets/pascalvoc.py:27, :38 as written there (the global numpy state is restored)."""
+  state = np.random.get_state()
+  try:
+    np.random.seed(100)
+    labelled = np.random.choice(range(n), int(n * fraction), replace=False)
+  finally:
+    np.random.set_state(state)
+  unlabelled = np.array([i for i in range(n) if i not in labelled], dtype=int)
+  return labelled, unlabelled
+
+
+@pytest.mark.parametrize("n, fraction", [(10582, 0.5), (10582, 1.0), (37, 0.3), (5, 0.5)])
+def test_iclr2018_rule_is_the_originals_draw(n, fraction):
+  labelled, unlabelled = _original_iclr2018_split(n, fraction)
+  seed = seeds.draw(31)
+  for s in (splits.make_split(n, fraction, seed, rule="iclr2018"),
+            splits.make_split(n, fraction, seed + 1, rule="iclr2018")):  # the seed is unused
+    np.testing.assert_array_equal(s.labelled, labelled)  # in the order choice returns them
+    np.testing.assert_array_equal(s.unlabelled, unlabelled)  # increasing
+    assert (s.seed, s.rule, s.num_labelled) == (100, "iclr2018", int(n * fraction))
+  assert not np.array_equal(splits.make_split(n, fraction, seed).permutation,
+                            splits.make_split(n, fraction, seed, rule="iclr2018").permutation)
+
+
+def test_a_stored_split_keeps_its_rule(tmp_path):
+  wd = str(tmp_path)
+  a = splits.load_or_create(wd, 40, 0.5, seed=1, rule="iclr2018")
+  b = splits.load_or_create(wd, 40, 0.5, seed=2, rule="iclr2018")
+  np.testing.assert_array_equal(a.permutation, b.permutation)
+  assert b.rule == "iclr2018"
+  with pytest.raises(ValueError, match="split_rule 'iclr2018'; the run asks for 'advsemi'"):
+    splits.load_or_create(wd, 40, 0.5, seed=1)
+  # a split.json written before `rule` existed is an 'advsemi' one
+  old = tmp_path / "old"
+  old.mkdir()
+  doc = {"format_version": 1, "num_examples": 40, "fraction": 0.5, "seed": 3,
+         "permutation": np.random.default_rng(3).permutation(40).tolist()}
+  (old / "split.json").write_text(json.dumps(doc))
+  assert splits.load_or_create(str(old), 40, 0.5, seed=3).rule == "advsemi"
+  with pytest.raises(ValueError, match="split_rule"):
+    splits.load_or_create(str(old), 40, 0.5, seed=3, rule="iclr2018")
+  with pytest.raises(ValueError, match="split rule must be one of"):
+    splits.make_split(40, 0.5, 0, rule="random")
+
+
+def test_validation_rejects_an_unknown_split_rule():
+  c = defaults.base_config()
+  c.split_rule = "seed100"
+  with pytest.raises(validation.ConfigError, match=r"^config\.split_rule = 'seed100' is invalid"):
+    validation.validate(c)

@@ -4,11 +4,13 @@ iteration itself is checked against PyTorch in tests/parity/test_iclr2018_parity
 import math
 import os
 
+import numpy as np
 import pytest
 
 from advseg_jax import methods
 from advseg_jax.config import validation as config_validation
 from advseg_jax.train import loop
+from advseg_jax.train import streams
 
 from tests import loop_helpers
 
@@ -40,6 +42,32 @@ def test_preset_values_are_the_originals():
   base = loop_helpers.load_preset("iclr2018.py:base_full")
   assert base.method.lambda_adv == 0 and base.labelled_fraction == 1.0
   assert loop_helpers.load_preset("iclr2018.py").method.labelled_probability == 0.5
+
+
+def test_preset_data_pipeline_is_the_originals():
+  """utils/transforms.py NormalizeOwn, RandomSizedCrop, IgnoreLabelClass, ZeroPadding."""
+  c = loop_helpers.load_preset("iclr2018.py:semi_0.5")
+  # torchvision Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) on 0-1 RGB
+  mean_rgb, std_rgb = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  for s in (c.data, c.eval_data):
+    np.testing.assert_allclose(np.array(s.mean_bgr)[::-1] / 255, mean_rgb, rtol=1e-12)
+    np.testing.assert_allclose(np.array(s.std_bgr)[::-1] / 255, std_rgb, rtol=1e-12)
+    assert s.channel_order == "RGB" and s.ignore_as_background is True
+  assert (c.data.crop_mode, c.data.crop_size, c.data.random_mirror) == (
+      "random_sized", (321, 321), False)
+  assert (c.eval_data.eval_mode, c.eval_data.eval_pad_size, c.eval_data.eval_pad_fill) == (
+      "pad", (513, 513), "black")
+  assert c.split_rule == "iclr2018"
+
+
+def test_preset_split_is_numpy_seed_100(tmp_path):
+  c = loop_helpers.load_preset("iclr2018.py:semi_0.5")
+  info = streams.make_split(c, str(tmp_path), loop_helpers.FakeProvider(num_examples=50),
+                            ("labelled", "unlabelled"))
+  labelled = np.random.RandomState(100).choice(50, 25, replace=False)
+  np.testing.assert_array_equal(info.labelled, labelled)
+  np.testing.assert_array_equal(info.unlabelled, np.setdiff1d(np.arange(50), labelled))
+  assert info.source == "seed 100 (iclr2018 rule)"
 
 
 @pytest.mark.parametrize("spec, match", [("iclr2018.py:semi_1.0", "semi_1.0 does not exist"),
