@@ -122,9 +122,9 @@ NUM_SAMPLES = 6
 
 # ----------------------------------------------------------------------------- arguments
 def parse_seeds(text: str) -> List[int]:
-  """'5' -> [0..4]; '0,3' -> [0, 3]; '7,' -> [7]."""
+  """'5' -> [0..4]; '0,3' -> [0, 3]; '7,' -> [7]; '0' (no seed) is an error."""
   seeds = [int(x) for x in text.split(",") if x.strip()]
-  if not seeds or min(seeds) < 0:
+  if not seeds or min(seeds) < 0 or ("," not in text and seeds[0] < 1):
     raise ValueError(text)
   return seeds if "," in text else list(range(seeds[0]))
 

@@ -160,6 +160,9 @@ def test_every_cell_shares_the_schedule(digits, tmp_path):
   assert digits.parse_args([]).seeds == [0, 1, 2, 3, 4]
   with pytest.raises(SystemExit):
     digits.parse_args(["--cells", "nope"])
+  assert digits.parse_args(["--seeds", "0,"]).seeds == [0]
+  with pytest.raises(SystemExit):  # '0' is zero seeds, not seed 0
+    digits.parse_args(["--seeds", "0"])
 
 
 def test_every_cell_preset_validates(digits):
