@@ -25,6 +25,10 @@ ARG[,runlocal]:
     lsgan            AdaptSegNet single-level LS-GAN (0, 0, 0.01, gan 'ls') [§7.1]
     oracle           supervised on the labelled target train split (the ceiling)
 
+benchmarks/quality/digits.py starts every adaptation cell of a seed from one shared source
+pretraining (this file's `source_only` cell run first, `init.checkpoint`); run alone, a
+preset starts from the random initialisation.
+
 Network (every cell alike): DeepLab-v2 with a tiny ResNet (one bottleneck per stage, width
 16, output stride 8) and ASPP, no pretrained weights, so G's learning rate is 20x the
 originals' (5e-3); the fully convolutional D of width 16 with three stride-2 convs of its

@@ -119,9 +119,10 @@ def test_resume_trains_only_unfinished_runs(digits, tmp_path, monkeypatch):
         json.dump({"miou": .3}, f)
       return 0
     wd = [a.split("=", 1)[1] for a in cmd if a.startswith("--workdir=")][0]
+    steps = int([a.split("=", 1)[1] for a in cmd if a.startswith("--config.num_steps=")][0])
     calls.append(wd)
     assert env["JAX_COMPILATION_CACHE_DIR"].startswith(out)
-    _fake_run(wd, .33, 200)
+    _fake_run(wd, .33, steps)
     return 0
 
   monkeypatch.setattr(digits.subprocess, "call", fake_call)
@@ -130,7 +131,7 @@ def test_resume_trains_only_unfinished_runs(digits, tmp_path, monkeypatch):
   assert rc == 0
   assert sorted(os.path.relpath(c, root) for c in calls) == [
       os.path.join("multi", "seed0"), os.path.join("oracle", "seed0"),
-      os.path.join("sup_1of8", "seed0")]
+      os.path.join("pretrain", "seed0"), os.path.join("sup_1of8", "seed0")]
   assert sorted(os.path.relpath(e, root) for e in evals) == [
       os.path.join("multi", "seed0"), os.path.join("source_only", "seed0")]
   calls.clear()
@@ -153,10 +154,20 @@ def test_failed_run_is_reported(digits, tmp_path, monkeypatch):
 def test_every_cell_shares_the_schedule(digits, tmp_path):
   args = digits.parse_args(["--seeds", "0,3", "--out", str(tmp_path), "--steps", "40"])
   plan = digits.plan_runs(args, str(tmp_path))
-  assert len(plan) == 2 * len(digits.CELLS) and args.seeds == [0, 3]
+  assert len(plan) == 2 * (len(digits.CELLS) + 1) and args.seeds == [0, 3]
   for r in plan:
-    assert "--config.num_steps=40" in r["cmd"] and "--config.method.semi_start=10" in r["cmd"]
     assert f"--config.seed={r['seed']}" in r["cmd"]
+    init = f"--config.init.checkpoint={digits.run_dir(str(tmp_path), 'pretrain', r['seed'])}"
+    if r["cell"] == "pretrain":  # the seed's shared source pretraining, before its cells
+      assert "--config=configs/digits.py:source_only" in r["cmd"]
+      assert "--config.num_steps=1500" in r["cmd"] and init not in r["cmd"]
+      continue
+    assert "--config.num_steps=40" in r["cmd"] and "--config.method.semi_start=10" in r["cmd"]
+    assert (init in r["cmd"]) == (r["cell"] in digits.ADAPT_CELLS)
+  assert [r["cell"] for r in plan][:2] == ["pretrain", "sup_1/16"]
+  no_pre = digits.plan_runs(digits.parse_args(["--pretrain_steps", "0"]), str(tmp_path))
+  assert len(no_pre) == 5 * len(digits.CELLS)
+  assert not any("init.checkpoint" in a for r in no_pre for a in r["cmd"])
   assert digits.parse_args([]).seeds == [0, 1, 2, 3, 4]
   with pytest.raises(SystemExit):
     digits.parse_args(["--cells", "nope"])
