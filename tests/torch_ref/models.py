@@ -1,6 +1,6 @@
 """PyTorch reference of the originals' modules, losses and optimiser quirks (NCHW).
 
-Written from the facts in ORIGINALS.md (§1-5); used by the parity tests, the training-step
+Written from the facts in docs/FIDELITY.md (§1-5); used by the parity tests, the training-step
 parity tests and the PyTorch benchmark. Everything here is plain PyTorch on NCHW tensors:
 
 * `Res_Deeplab(num_classes, aspp_branches=2, layers=(3, 4, 23, 3))` -- DeepLab-v2 ResNet
@@ -17,7 +17,7 @@ parity tests and the PyTorch benchmark. Everything here is plain PyTorch on NCHW
   convs (`conv1..conv5`, 2 outputs) and, inside the module, five times (bilinear x2 with
   align_corners=True, drop the last row and column).
 * `optim_parameters(model, lr)` -- the originals' SGD parameter groups *with* their duplicate
-  listings (1x stem conv, 3x bottleneck convs, 4x downsample convs; ORIGINALS.md §1.5) and
+  listings (1x stem conv, 3x bottleneck convs, 4x downsample convs; docs/FIDELITY.md §1.5) and
   `LegacySGD`, the PyTorch 0.2-0.4 SGD step those duplicates were applied with.
 * `CrossEntropy2d`, `BCEWithLogitsLoss2d` -- the originals' losses (ignore label 255).
 * `randomize_(model, seed)` -- random weights AND random BN affine / running statistics, so a
@@ -279,7 +279,7 @@ def param_multiplicity(groups: List[Dict], model: nn.Module) -> Dict[str, int]:
 
 
 class LegacySGD(torch.optim.Optimizer):
-  """SGD step of PyTorch 0.2-0.4, which the originals ran (ORIGINALS.md §1.5).
+  """SGD step of PyTorch 0.2-0.4, which the originals ran (docs/FIDELITY.md §1.5).
 
   For every *listing* of a parameter in a group (duplicates included), in order:
   `d_p = p.grad; d_p += wd * p` (in place, so a later listing sees the accumulated decay);
@@ -463,7 +463,7 @@ def state_dict_without_counters(model: nn.Module) -> "Dict[str, torch.Tensor]":
 
 
 def count_parameters(model: nn.Module) -> int:
-  """All parameters (frozen BN affine included), as ORIGINALS.md §1.6 counts them."""
+  """All parameters (frozen BN affine included), as docs/FIDELITY.md §1.6 counts them."""
   return sum(p.numel() for p in model.parameters())
 
 

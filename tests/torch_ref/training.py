@@ -1,6 +1,6 @@
 """PyTorch reference *training iterations* of AdvSemiSeg and AdaptSegNet (NCHW, CPU).
 
-Written from ORIGINALS.md §6.3 (AdvSemiSeg `train.py`) and §7.2 (AdaptSegNet
+Written from docs/FIDELITY.md §6.3 (AdvSemiSeg `train.py`) and §7.2 (AdaptSegNet
 `train_gta2cityscapes_multi.py`), on top of the module re-implementations in
 `torch_reference.py`. One call = one outer iteration `i_iter` of the original loop:
 
@@ -152,7 +152,7 @@ def generator_param_groups(model: tr.ResNet, lr: float, *, duplicates: bool) -> 
   """The originals' `optim_parameters`: backbone (1x) and classifier(s) (10x).
 
   `duplicates=True` keeps the original listing (each parameter once per ancestor module,
-  ORIGINALS.md §1.5); False lists each parameter once, in the same order.
+  docs/FIDELITY.md §1.5); False lists each parameter once, in the same order.
   """
   groups = tr.optim_parameters(model, lr)
   if duplicates:
@@ -253,7 +253,7 @@ def _acc(totals: Dict[str, float], key: str, value, iter_size: int) -> None:
 # --------------------------------------------------------------------------- AdvSemiSeg
 @dataclasses.dataclass
 class AdvSemiHP:
-  """AdvSemiSeg train.py arguments used by one iteration (ORIGINALS.md §6.1)."""
+  """AdvSemiSeg train.py arguments used by one iteration (docs/FIDELITY.md §6.1)."""
   num_classes: int
   lambda_adv_pred: float = 0.01
   lambda_semi: float = 0.1
@@ -274,7 +274,7 @@ class AdvSemiHP:
 def advsemi_iteration(model: tr.Res_Deeplab, model_d: nn.Module, optimizer, optimizer_d,
                       i_iter: int, batch: Dict[str, Dict[str, np.ndarray]],
                       hp: AdvSemiHP) -> Dict[str, float]:
-  """One outer iteration of AdvSemiSeg `train.py` (ORIGINALS.md §6.3). `model` is in train()
+  """One outer iteration of AdvSemiSeg `train.py` (docs/FIDELITY.md §6.3). `model` is in train()
   mode (batch-statistics BN, running stats updated), BN affine frozen. Returns the loss terms
   (unweighted CE/BCE values except `g/loss_semi_adv`, which includes lambda_semi_adv like the
   engine's metric) and `semi/mask_ratio`, `mask_T` (the threshold used, if any)."""
@@ -369,7 +369,7 @@ def advsemi_iteration(model: tr.Res_Deeplab, model_d: nn.Module, optimizer, opti
 # --------------------------------------------------------------------------- AdaptSegNet
 @dataclasses.dataclass
 class AdaptSegHP:
-  """AdaptSegNet train_gta2cityscapes_multi.py arguments (ORIGINALS.md §7.1)."""
+  """AdaptSegNet train_gta2cityscapes_multi.py arguments (docs/FIDELITY.md §7.1)."""
   lambda_seg: float = 0.1
   lambda_adv_target1: float = 0.0002
   lambda_adv_target2: float = 0.001
@@ -384,7 +384,7 @@ class AdaptSegHP:
 def adaptseg_iteration(model: tr.DeeplabMulti, model_d1: nn.Module, model_d2: nn.Module,
                        optimizer, optimizer_d1, optimizer_d2, i_iter: int,
                        batch: Dict[str, Dict[str, np.ndarray]], hp: AdaptSegHP) -> Dict[str, float]:
-  """One outer iteration of AdaptSegNet (ORIGINALS.md §7.2), multi-level, `model.train()`.
+  """One outer iteration of AdaptSegNet (docs/FIDELITY.md §7.2), multi-level, `model.train()`.
 
   Engine metric names: `g/loss_seg` (main CE), `g/loss_seg_aux`, `g/loss_adv(_aux)` (target
   -> source label, unweighted), `d/loss_real(_aux)` (source side, label 0),

@@ -1,6 +1,6 @@
 """advseg_jax.metrics against direct numpy re-implementations of the originals' evaluation.
 
-References written out from the originals' code (ORIGINALS.md §6.6, §7.4):
+References written out from the originals' code (docs/FIDELITY.md §6.6, §7.4):
 * AdvSemiSeg `utils/metric.py`: `ConfusionMatrix.generateM` counts (gt, pred) pairs with
   gt < nclass in Python loops; `jaccard()` averages the IoU of the classes whose M[i, i] != 0.
 * AdaptSegNet `compute_iou.py`: `fast_hist` via bincount over 0 <= gt < n; `per_class_iu` =

@@ -24,7 +24,8 @@ ALLOWED = {
     "methods": LOWER | {"losses", "models"},
     "metrics": LOWER,
 }
-SHIPPED = ("advseg_jax", "configs", "docs", "benchmarks", "README.md", "pyproject.toml")
+SHIPPED = ("advseg_jax", "configs", "docs", "benchmarks", "tests", ".ci", "README.md",
+           "pyproject.toml", "requirements.txt")
 OUTSIDE_NOTES = re.compile(r"ORIGINALS\.md|STACK\.md|DESIGN\.md|\.\./shared")
 
 
