@@ -23,6 +23,7 @@ import numpy as np
 
 from advseg_jax import data, models
 from advseg_jax.data import registry
+from advseg_jax.inference import evaluate as ev
 from advseg_jax.models.layers import BatchNorm
 
 
@@ -90,19 +91,22 @@ def recompute_on_split(variables: Dict[str, Any], spec: Dict[str, Any], dataset:
                        batch_size: int = 8, max_images: Optional[int] = 512
                        ) -> Tuple[Dict[str, Any], int]:
   """`variables` with BN statistics recomputed on `dataset` `split` (e.g. 'digits_m/target',
-  'train'), images preprocessed for `spec`'s model (its channel order and mean; resized to
+  'train'), images preprocessed for `spec`'s model (its channel order, mean and std; resized to
   `input_size` (h, w) when given, as the cityscapes protocol does). Returns (variables, the
   number of images used)."""
-  name, config_name = registry.split_name(dataset)
-  info = data.get_info(name, config_name)
-  data.ensure_prepared(name, data_dir, config_name)
-  cfg = data.dataset_config(
-      name=name, config_name=config_name, data_dir=data_dir, use_labels=False,
-      channel_order=spec.get("channel_order") or info.default_channel_order,
-      mean_bgr=tuple(spec.get("mean_bgr") or info.mean_bgr),
-      eval_mode="resize" if input_size else "none",
-      eval_resize_size=tuple(input_size or (512, 1024)))
-  batches = list(dataset_image_batches(cfg, split=split, batch_size=batch_size,
-                                       max_images=max_images))
-  stats = recompute_batch_stats(models.build(spec), variables, batches)
-  return {**variables, "batch_stats": stats}, batch_size * len(batches)
+  name, config_name = registry.split_name(dataset)  # any classes: no labels are read
+  choice = ev.DatasetChoice(name, config_name, data.get_info(name, config_name), None)
+  data.ensure_prepared(choice.name, data_dir, choice.config_name)
+  cfg = ev.model_input_stream(spec, choice, data_dir=data_dir, use_labels=False,
+                              eval_mode="resize" if input_size else "none",
+                              eval_resize_size=tuple(input_size or (512, 1024)))
+  sizes = []
+
+  def counted():
+    for images in dataset_image_batches(cfg, split=split, batch_size=batch_size,
+                                        max_images=max_images):
+      sizes.append(images.shape[0])
+      yield images
+
+  stats = recompute_batch_stats(models.build(spec), variables, counted())
+  return {**variables, "batch_stats": stats}, sum(sizes)

@@ -242,15 +242,24 @@ def eval_stream(spec: Mapping[str, Any], choice: DatasetChoice, protocol: Protoc
     raise EvaluationError(f"dataset {choice.full_name} has no labelled split {base_split!r} "
                    f"(labelled splits: {', '.join(ds_info.labelled_splits)})")
   data.ensure_prepared(choice.name, data_dir, choice.config_name)
+  return model_input_stream(
+      spec, choice, data_dir=data_dir, eval_mode=protocol.eval_mode,
+      eval_pad_size=tuple(protocol.pad_size or VOC_PAD_SIZE), eval_pad_fill=protocol.pad_fill,
+      ignore_as_background=protocol.ignore_as_background,
+      eval_resize_size=tuple(protocol.input_size or CITYSCAPES_INPUT_SIZE))
+
+
+def model_input_stream(spec: Mapping[str, Any], choice: DatasetChoice, *,
+                       data_dir: Optional[str], **fields: Any):
+  """A stream config of `choice` whose images are normalised as `spec`'s model expects
+  (its channel order, mean and std, else the dataset's defaults); `fields` set the rest
+  (sizing, labels)."""
+  ds_info = data.get_info(choice.name, choice.config_name)
   return data.dataset_config(
       name=choice.name, config_name=choice.config_name, data_dir=data_dir,
       channel_order=spec.get("channel_order") or ds_info.default_channel_order,
       mean_bgr=tuple(spec.get("mean_bgr") or ds_info.mean_bgr),
-      std_bgr=tuple(spec["std_bgr"]) if spec.get("std_bgr") else None,
-      eval_mode=protocol.eval_mode,
-      eval_pad_size=tuple(protocol.pad_size or VOC_PAD_SIZE), eval_pad_fill=protocol.pad_fill,
-      ignore_as_background=protocol.ignore_as_background,
-      eval_resize_size=tuple(protocol.input_size or CITYSCAPES_INPUT_SIZE))
+      std_bgr=tuple(spec["std_bgr"]) if spec.get("std_bgr") else None, **fields)
 
 
 def evaluate(variables, spec: Mapping[str, Any], choice: DatasetChoice, protocol: Protocol, *,

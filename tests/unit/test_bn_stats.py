@@ -50,3 +50,24 @@ def test_refuses_bad_input():
   frozen, fv, _ = _model("frozen")
   with pytest.raises(bn_stats.BNStatsError, match="'frozen'"):
     bn_stats.recompute_batch_stats(frozen, fv, [x[0]])
+
+
+def test_recompute_on_split_normalises_images_as_the_model_expects(monkeypatch):
+  """The stream carries the spec's channel order, mean and std (an ICLR-2018 model divides
+  by the ImageNet std), as evaluation does."""
+  g, v, x = _model()
+  spec = dict(ModelSpec("deeplabv2", 4, depths="tiny", width=8, channel_order="RGB",
+                        mean_bgr=(1.0, 2.0, 3.0)).to_json(), std_bgr=[4.0, 5.0, 6.0])
+  seen = {}
+
+  def fake_batches(cfg, *, split, batch_size, max_images):
+    seen.update(cfg=cfg, split=split)
+    yield np.asarray(x[0])
+
+  monkeypatch.setattr(bn_stats.data, "ensure_prepared", lambda *a, **k: None)
+  monkeypatch.setattr(bn_stats, "dataset_image_batches", fake_batches)
+  new, n = bn_stats.recompute_on_split(v, spec, "shapes/target", split="train", data_dir=None)
+  assert n == 4 and seen["split"] == "train" and not seen["cfg"].use_labels
+  assert (seen["cfg"].channel_order, tuple(seen["cfg"].mean_bgr), tuple(seen["cfg"].std_bgr)) \
+      == ("RGB", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+  assert set(new) == set(v)
