@@ -54,11 +54,9 @@ def d_stats(ctx: Context, out: jax.Array, real_side: bool, mask=None) -> Tuple[j
 
 
 def uses_joint(ctx: Context) -> bool:
-  """Whether `ctx.hp.bn_domains` asks for one joint G pass over both streams."""
-  mode = getattr(ctx.hp, "bn_domains", "separate")
-  if mode not in BN_DOMAINS:
-    raise ValueError(f"method.bn_domains must be one of {BN_DOMAINS}, got {mode!r}")
-  return mode == "joint"
+  """Whether `ctx.hp.bn_domains` (checked by config validation) asks for one joint G pass
+  over both streams."""
+  return getattr(ctx.hp, "bn_domains", "separate") == "joint"
 
 
 def joint_pass(ctx: Context, g_params, batch_stats, first: jax.Array, second: jax.Array):

@@ -125,7 +125,7 @@ PROFILES = {
 # PROFILES[...]["pretrain_steps"] steps, once per seed; every adaptation cell of that seed
 # (source-only, AdaptSegNet and oracle alike) starts from its final model.
 PRETRAIN = "pretrain"
-ADAPT_CELLS = ("source_only", "source_only_tbn", "single", "multi", "lsgan", "oracle")
+ADAPT_CELLS = tuple(c for c, (_, evaluated_on) in CELLS.items() if evaluated_on == TARGET_VAL)
 BN_NOTE = ("BN: the adaptation cells that see target images (source_only_tbn, single, "
            "multi, lsgan) train on joint source + target batches (method.bn_domains="
            "'joint'); source_only never sees a target image. Rows '+adabn' score the same "
