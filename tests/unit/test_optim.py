@@ -20,6 +20,7 @@ branches and BN affine get random JAX gradients too: multiplicity 0 must ignore 
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import jax
@@ -67,6 +68,19 @@ def _update_err(got_new, got_old, want_new, want_old) -> float:
   slack = 2.0 * np.spacing(np.abs(np.asarray(want_new, np.float32))).astype(np.float64)
   diff = np.maximum(np.abs(got_upd - want_upd) - slack, 0.0)
   return float(diff.max() / np.abs(want_upd).max())
+
+
+UPDATE_TOL = 1e-4  # gradients here are ~1e-2 >> Adam's eps, so updates agree closely
+NOISE_FACTOR = 10.0  # as in tests/parity: a multiple of torch float32's own error
+
+
+def _update_bound(want_new, want_old, exact_new, exact_old) -> float:
+  """The bound on `_update_err` of a float32 update: UPDATE_TOL, or NOISE_FACTOR x torch
+  float32's own error against its float64 twin where that is larger. Adam's first step is
+  lr * g'/(|g'| + eps) with g' = g + wd * p; where g and wd * p nearly cancel, g' is known to
+  few bits in float32 and so is the update (seed 968349191: torch float32's own error there is
+  3.0e-4 of the largest update, JAX's 2.2e-4)."""
+  return max(UPDATE_TOL, NOISE_FACTOR * _update_err(want_new, want_old, exact_new, exact_old))
 
 
 def _g_template(multi: bool = False, depths=TINY, width: int = 8, num_classes: int = K):
@@ -409,15 +423,19 @@ def test_discriminator_optimizer_matches_torch(kind):
   cfg = base_config().optim_d
   cfg.lr, cfg.power = lr, 0.9
   if kind == "adam":
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+    make_opt = lambda ps: torch.optim.Adam(ps, lr=lr, betas=(0.9, 0.99))
   elif kind == "adam_wd":
     cfg.weight_decay = 1e-2
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=1e-2)
+    make_opt = lambda ps: torch.optim.Adam(ps, lr=lr, betas=(0.9, 0.99), weight_decay=1e-2)
   else:  # ICLR reproduction: SGD(lr, momentum 0.5, nesterov, weight decay 1e-4)
     cfg.name, cfg.momentum, cfg.nesterov, cfg.weight_decay = "sgd", 0.5, True, 1e-4
     lr = cfg.lr = 0.1
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.5, nesterov=True,
-                          weight_decay=1e-4)
+    make_opt = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.5, nesterov=True,
+                                          weight_decay=1e-4)
+  opt = make_opt(model.parameters())
+  # A float64 twin measures torch float32's own error of each update (see _update_bound).
+  model64 = copy.deepcopy(model).double()
+  opt64 = make_opt(model64.parameters())
   tx = optim.discriminator_optimizer(cfg, num_steps=NUM_STEPS)
   opt_state = tx.init(params)
 
@@ -435,11 +453,14 @@ def test_discriminator_optimizer_matches_torch(kind):
   moved = {}  # per tensor: the sum over steps of torch's largest update
   for step in range(4):
     before, got_before = ttr.torch_arrays(model), got
+    before64 = ttr.torch_arrays(model64)
     grads = _random_grads(rng, before)
-    for name, p in model.named_parameters():
-      p.grad = torch.from_numpy(grads[name].copy())
-    ttr.adjust_learning_rate(opt, lr, step, NUM_STEPS, 0.9)
-    opt.step()
+    for m, o in ((model, opt), (model64, opt64)):
+      for name, p in m.named_parameters():
+        p.grad = torch.from_numpy(grads[name].astype(p.detach().numpy().dtype))
+      ttr.adjust_learning_rate(o, lr, step, NUM_STEPS, 0.9)
+      o.step()
+    exact = ttr.torch_arrays(model64)
     params, opt_state = jax_step(params, opt_state,
                                  {"main": ttr.torch_to_flax_variables(grads, template)})
     got = ttr.flax_to_torch_arrays(jax.device_get(params["main"]))
@@ -452,10 +473,11 @@ def test_discriminator_optimizer_matches_torch(kind):
       err = _rel(got[name], want, floor=moved[name])
       # Each side's update from its own previous parameters (see _update_err).
       upd = _update_err(got[name], got_before[name], want, before[name])
+      bound = _update_bound(want, before[name], exact[name], before64[name])
       worst_p, worst_u = max(worst_p, err), max(worst_u, upd)
       assert err <= tol, f"{kind} step {step} {name}: rel err {err:.2e} (seed {seed})"
-      # Gradients here are ~1e-2 >> Adam's eps, so the updates themselves agree closely.
-      assert upd <= 1e-4, f"{kind} step {step} {name}: update rel err {upd:.2e} (seed {seed})"
+      assert upd <= bound, (f"{kind} step {step} {name}: update rel err {upd:.2e} > {bound:.2e} "
+                            f"(seed {seed})")
   print(f"D {kind}: params max rel err {worst_p:.2e}, updates {worst_u:.2e} (seed {seed})")
 
 
