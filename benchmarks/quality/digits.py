@@ -28,9 +28,13 @@ the better source-only cell. Written to OUT/TAG: digits.md, digits.json, digits_
 (mean mIoU vs step, +/- 1 std bands) and digits_samples.png (first seed: source rendering and
 target image of a scene, ground truth, source-only and best adapted predictions).
 
-Hyper-parameters: the originals' adversarial weights and D learning rate in every cell; no
-search is built in (the issue allows one on a validation split, never on test: `--set
-method.lambda_adv=...` with a fresh `--out` per value, and report both).
+Hyper-parameters: the originals' adversarial weights and D learning rate in every cell.
+`--adv_scales 1,10` adds a weight search: each adversarial cell (adv_*, semi_*, single, multi,
+lsgan) also runs with all of its adversarial weights (lambda_adv, lambda_adv_aux,
+lambda_semi_adv) multiplied by each other scale, as cell `CELL@xS` (e.g. `single@x10`:
+lambda_adv 0.01), paired with the same baselines. The report keeps every scale, the
+originals' (x1) included; the scale is chosen on validation, which is also where the cells
+are scored, so the best scale's figure is mildly optimistic.
 
 Shared source pretraining (adaptation cells): the originals adapt a pretrained network, and
 from a random initialisation the source task is not learned before ~1000 steps, while the
@@ -105,6 +109,9 @@ CELLS: Dict[str, Tuple[str, str]] = {
 SEMI_CELLS = ("sup_1/16", "adv_1/16", "semi_1/16", "sup_1/8", "adv_1/8", "semi_1/8",
               "sup_full")
 ADAPT_METHODS = ("single", "multi", "lsgan")
+# The adversarial weights that --adv_scales multiplies (every other field stays).
+ADV_WEIGHTS = ("method.lambda_adv", "method.lambda_adv_aux", "method.lambda_semi_adv")
+ADVERSARIAL = ("adv_1/16", "semi_1/16", "adv_1/8", "semi_1/8") + ADAPT_METHODS
 # Cells also scored with BN statistics recomputed on target train images (AdaBN, `evaluate
 # --bn_stats_from`): row "<cell>+adabn".
 ADABN_CELLS = ("source_only", "source_only_tbn") + ADAPT_METHODS
@@ -135,6 +142,43 @@ BN_NOTE = ("BN: the adaptation cells that see target images (source_only_tbn, si
 NUM_SAMPLES = 6
 
 
+# ----------------------------------------------------------------------------- cell names
+def variant(cell: str, scale: float) -> str:
+  """The name of `cell` with its adversarial weights times `scale`: 'single@x10'."""
+  return cell if scale == 1 else f"{cell}@x{scale:g}"
+
+
+def base_cell(name: str) -> str:
+  """The preset of a cell name: 'single@x10' -> 'single'."""
+  return name.partition("@")[0]
+
+
+def adv_scale(name: str) -> float:
+  """The factor of a cell name: 'single@x10' -> 10.0, 'single' -> 1.0."""
+  return float(name.partition("@x")[2].partition(ADABN)[0] or 1)
+
+
+def describe(name: str) -> Tuple[str, str]:
+  """(description, evaluated on) of a cell name."""
+  text, evaluated_on = CELLS[base_cell(name)]
+  scale = adv_scale(name)
+  return (text if scale == 1 else f"{text}, adversarial weights x{scale:g}"), evaluated_on
+
+
+def of_cells(rows: Sequence[str], cells: Sequence[str]) -> List[str]:
+  """The names in `rows` whose preset is one of `cells`, scale variants included ('+adabn'
+  rows excluded)."""
+  return [r for r in rows if base_cell(r) in cells and not r.endswith(ADABN)]
+
+
+def parse_scales(text: str) -> List[float]:
+  """'1,10' -> [1.0, 10.0]; each scale > 0."""
+  scales = [float(x) for x in text.split(",") if x.strip()]
+  if not scales or min(scales) <= 0:
+    raise ValueError(text)
+  return scales
+
+
 # ----------------------------------------------------------------------------- arguments
 def parse_seeds(text: str) -> List[int]:
   """'5' -> [0..4]; '0,3' -> [0, 3]; '7,' -> [7]; '0' (no seed) is an error."""
@@ -157,6 +201,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--seeds", type=parse_seeds, default=None,
                  help="N (seeds 0..N-1) or a comma-separated list, e.g. 0,3 or '7,'; "
                       "default 5 (quick: 1)")
+  p.add_argument("--adv_scales", type=parse_scales, default=[1.0],
+                 help="comma-separated factors on every adversarial weight of the adversarial "
+                      "cells, e.g. 1,10 (default 1: the originals' weights); each factor "
+                      "other than 1 adds cell CELL@xFACTOR")
   p.add_argument("--steps", type=int, default=None,
                  help="steps per run (default: the profile's); semi_start scales with it")
   p.add_argument("--pretrain_steps", type=int, default=None,
@@ -183,6 +231,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     bad = [c for c in args.cells if c not in CELLS]
     if bad:
       p.error(f"--cells: unknown {', '.join(bad)}; known: {', '.join(CELLS)}")
+  args.cells = [variant(c, s) for c in args.cells
+                for s in (args.adv_scales if c in ADVERSARIAL else [1.0])]
   args.seeds = args.seeds or list(range(PROFILES[args.profile]["seeds"]))
   if args.steps is not None and args.steps < 1:
     p.error(f"--steps: expected an int >= 1, got {args.steps}")
@@ -197,7 +247,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- runs
 def run_overrides(args: argparse.Namespace, cell: str) -> Dict[str, Any]:
   """{field: value} of one cell's runs (seed excluded): same schedule for every cell."""
-  base = shared.load_config(CONFIG, cell)
+  base = shared.load_config(CONFIG, base_cell(cell))
   prof = PROFILES[args.profile]
   steps = int(args.steps or prof["num_steps"] or base.num_steps)
   ov: Dict[str, Any] = {
@@ -207,6 +257,11 @@ def run_overrides(args: argparse.Namespace, cell: str) -> Dict[str, Any]:
       "eval_max_examples": int(prof["eval_max_examples"]),
       "checkpoint_every": max(1, steps // 3),
   }
+  scale = adv_scale(cell)
+  if scale != 1:
+    for field in ADV_WEIGHTS:
+      group, name = field.split(".")
+      ov[field] = float(base[group][name]) * scale
   if args.data_dir:
     for s in ("data", "target_data", "eval_data"):
       ov[f"{s}.data_dir"] = os.path.abspath(os.path.expanduser(args.data_dir))
@@ -225,7 +280,7 @@ def plan_runs(args: argparse.Namespace, root: str) -> List[Dict[str, Any]]:
   specs = {cell: run_overrides(args, cell) for cell in args.cells}
   pre_steps = pretrain_steps(args)
   pretrain = None
-  if pre_steps and any(c in ADAPT_CELLS for c in args.cells):
+  if pre_steps and of_cells(args.cells, ADAPT_CELLS):
     pretrain = dict(run_overrides(args, "source_only"), num_steps=pre_steps,
                     eval_every=min(int(PROFILES[args.profile]["eval_every"]), pre_steps),
                     checkpoint_every=max(1, pre_steps // 3))
@@ -239,10 +294,10 @@ def plan_runs(args: argparse.Namespace, root: str) -> List[Dict[str, Any]]:
     for cell in args.cells:
       wd = run_dir(root, cell, seed)
       ov = dict(specs[cell])
-      if init is not None and cell in ADAPT_CELLS:
+      if init is not None and base_cell(cell) in ADAPT_CELLS:
         ov.update({"init.checkpoint": init, "init.rule": "strict"})
       plan.append({"cell": cell, "seed": seed, "workdir": wd, "stop": int(ov["num_steps"]),
-                   "cmd": shared.train_command(f"{CONFIG}:{cell}", ov, seed, wd)})
+                   "cmd": shared.train_command(f"{CONFIG}:{base_cell(cell)}", ov, seed, wd)})
   return plan
 
 
@@ -292,7 +347,7 @@ def evaluate_adabn(args: argparse.Namespace, plan: List[Dict[str, Any]],
   failures = []
   for r in plan:
     out = adabn_json(r["workdir"])
-    if r["cell"] not in ADABN_CELLS or os.path.exists(out) or \
+    if base_cell(r["cell"]) not in ADABN_CELLS or os.path.exists(out) or \
         not shared.is_complete(shared.read_summary(r["workdir"]), r["stop"]):
       continue
     cmd = [sys.executable, "-m", "advseg_jax", "evaluate", r["workdir"], "--split", split,
@@ -315,7 +370,7 @@ def evaluate_adabn(args: argparse.Namespace, plan: List[Dict[str, Any]],
 
 def _adabn_rows(args: argparse.Namespace, root: str, rows: Dict[str, Dict[str, Any]]) -> None:
   """Adds a '<cell>+adabn' row (final mIoU only, no curve) after each ADABN_CELLS row."""
-  for cell in [c for c in args.cells if c in ADABN_CELLS]:
+  for cell in of_cells(args.cells, ADABN_CELLS):
     per_seed = {}
     for seed in args.seeds:
       path = adabn_json(run_dir(root, cell, seed))
@@ -324,7 +379,7 @@ def _adabn_rows(args: argparse.Namespace, root: str, rows: Dict[str, Dict[str, A
           per_seed[seed] = float(json.load(f)["miou"])
     mean, std = shared.mean_std(list(per_seed.values()))
     rows[cell + ADABN] = {
-        "description": CELLS[cell][0] + ", BN statistics recomputed on target",
+        "description": describe(cell)[0] + ", BN statistics recomputed on target",
         "eval_set": TARGET_VAL, "mean": mean, "std": std, "per_seed": per_seed,
         "num_seeds": len(per_seed), "steps": rows[cell]["steps"],
         "wall_s_mean": float("nan"), "curve": []}
@@ -347,7 +402,7 @@ def collect(args: argparse.Namespace, root: str) -> Dict[str, Dict[str, Any]]:
     mean, std = shared.mean_std(list(per_seed.values()))
     common = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
     curve = [(st, *shared.mean_std([c[st] for c in curves])) for st in common]
-    rows[cell] = {"description": CELLS[cell][0], "eval_set": CELLS[cell][1], "mean": mean,
+    rows[cell] = {"description": describe(cell)[0], "eval_set": describe(cell)[1], "mean": mean,
                   "std": std, "per_seed": per_seed, "num_seeds": len(per_seed),
                   "steps": steps, "wall_s_mean": shared.mean_std(walls)[0], "curve": curve}
   _adabn_rows(args, root, rows)
@@ -442,8 +497,8 @@ def gap_closed(method: float, source_only: float, oracle: float) -> float:
 
 def comparisons(rows: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
   """Each method against its baseline; adaptation methods against both source-only cells."""
-  pairs = [(m, b) for m, b in SEMI_COMPARISONS]
-  pairs += [(m, b) for m in ADAPT_METHODS for b in SOURCE_ONLY]
+  pairs = [(m, b) for method, b in SEMI_COMPARISONS for m in of_cells(rows, (method,))]
+  pairs += [(m, b) for m in of_cells(rows, ADAPT_METHODS) for b in SOURCE_ONLY]
   best_so = best_of(rows, SOURCE_ONLY)
   oracle = rows.get("oracle", {}).get("mean", float("nan")) if "oracle" in rows else float("nan")
   out = []
@@ -452,7 +507,7 @@ def comparisons(rows: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
       continue
     c = {"method": m, "baseline": b, "best_baseline": b == best_so,
          **paired(rows[m]["per_seed"], rows[b]["per_seed"])}
-    if m in ADAPT_METHODS:
+    if base_cell(m) in ADAPT_METHODS:
       c["gap_closed"] = gap_closed(rows[m]["mean"], rows[b]["mean"], oracle)
     out.append(c)
   return out
@@ -514,8 +569,9 @@ def _pyplot():
 def plot_curves(rows: Dict[str, Dict[str, Any]], path: str, title: str) -> Optional[str]:
   """Mean mIoU vs step per cell with +/- 1 std bands, one panel per group."""
   plt = _pyplot()
-  groups = [(SEMI_CELLS, f"semi-supervised ({SOURCE_VAL})"),
-            (SOURCE_ONLY + ADAPT_METHODS + ("oracle",), f"adaptation ({TARGET_VAL})")]
+  groups = [(of_cells(rows, SEMI_CELLS), f"semi-supervised ({SOURCE_VAL})"),
+            (list(SOURCE_ONLY) + of_cells(rows, ADAPT_METHODS + ("oracle",)),
+             f"adaptation ({TARGET_VAL})")]
   groups = [(g, t) for g, t in groups if any(rows.get(c, {}).get("curve") for c in g)]
   if plt is None or not groups:
     return None
@@ -554,7 +610,7 @@ def sample_sheet(root: str, rows: Dict[str, Dict[str, Any]], seed: int, path: st
                  env: Dict[str, str]) -> Optional[str]:
   """Source rendering / target image / ground truth / source-only / adapted predictions."""
   # Predictions use the stored statistics, so the '+adabn' rows are not candidates here.
-  so, ad = best_of(rows, ("source_only", "source_only_tbn")), best_of(rows, ADAPT_METHODS)
+  so, ad = best_of(rows, ("source_only", "source_only_tbn")), best_of(rows, of_cells(rows, ADAPT_METHODS))
   plt = _pyplot()
   if plt is None or so is None or ad is None:
     return None

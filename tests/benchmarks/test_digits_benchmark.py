@@ -193,3 +193,39 @@ def test_every_cell_preset_validates(digits):
     for part in field.split("."):
       a, b = a[part], b[part]
     assert a == b, field
+
+
+def test_adv_scales_add_paired_variants(digits, tmp_path):
+  args = digits.parse_args(["--cells", "sup_1/8,semi_1/8,source_only,single,oracle",
+                            "--adv_scales", "1,10", "--seeds", "0,1", "--out", str(tmp_path)])
+  assert args.cells == ["sup_1/8", "semi_1/8", "semi_1/8@x10", "source_only", "single",
+                        "single@x10", "oracle"]
+  ov = digits.run_overrides(args, "single@x10")
+  assert ov["method.lambda_adv"] == pytest.approx(0.01) and ov["method.lambda_adv_aux"] == 0.0
+  semi = digits.run_overrides(args, "semi_1/8@x10")
+  assert semi["method.lambda_adv"] == pytest.approx(0.1)
+  assert semi["method.lambda_semi_adv"] == pytest.approx(0.01)
+  assert "method.lambda_adv" not in digits.run_overrides(args, "single")
+  plan = {(r["cell"], r["seed"]): r for r in digits.plan_runs(args, str(tmp_path))}
+  scaled = plan[("single@x10", 1)]
+  assert "--config=configs/digits.py:single" in scaled["cmd"]
+  assert any(a.startswith("--config.init.checkpoint=") for a in scaled["cmd"])
+  assert scaled["workdir"] == os.path.join(str(tmp_path), "single@x10", "seed1")
+  # Report: the variant pairs with the same baselines and gets its own +adabn row.
+  root = str(tmp_path)
+  for cell, v in {"sup_1/8": .40, "semi_1/8": .42, "semi_1/8@x10": .47, "source_only": .10,
+                  "single": .15, "single@x10": .20, "oracle": .60}.items():
+    for s in (0, 1):
+      _fake_run(digits.run_dir(root, cell, s), v + .01 * s, 1500)
+  with open(digits.adabn_json(digits.run_dir(root, "single@x10", 0)), "w") as f:
+    json.dump({"miou": .25}, f)
+  rows = digits.collect(args, root)
+  assert rows["single@x10+adabn"]["per_seed"] == {0: .25}
+  assert rows["single@x10"]["description"].endswith("adversarial weights x10")
+  comps = {(c["method"], c["baseline"]): c for c in digits.comparisons(rows)}
+  assert comps[("semi_1/8@x10", "sup_1/8")]["mean"] == pytest.approx(.07)
+  assert comps[("single@x10", "source_only")]["mean"] == pytest.approx(.10)
+  assert comps[("single@x10", "source_only")]["gap_closed"] == pytest.approx(.10 / .50)
+  assert ("single@x10+adabn", "source_only") not in comps
+  with pytest.raises(SystemExit):
+    digits.parse_args(["--adv_scales", "0,1"])
