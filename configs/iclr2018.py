@@ -39,6 +39,8 @@ docs/FIDELITY.md section.
 """
 
 from advseg_jax.config import defaults, presets
+# The ImageNet mean and std of its NormalizeOwn (utils/transforms.py:8-13) [§8].
+from advseg_jax.normalization import IMAGENET_MEAN_BGR, IMAGENET_STD_BGR
 
 FRACTIONS = {"1.0": 1.0, "1": 1.0, "full": 1.0, "0.5": 0.5, "1/2": 0.5}
 MODES = ("base", "adv", "semi")
@@ -47,10 +49,6 @@ TRAIN_IMAGES = 10582     # [§8] datasets/lists/train.txt
 EPOCHS = 20              # [§8] --max_epoch
 BATCH = 10               # [§8] --batch_size, drop_last=True
 MAX_ITER = 20000         # [§8] poly_lr_scheduler max_iter; the lr stays 0 after it
-# ImageNet mean and std (B, G, R, 0-255 scale) of its NormalizeOwn (utils/transforms.py:8-13:
-# mean 0.485, 0.456, 0.406 and std 0.229, 0.224, 0.225, RGB on the 0-1 scale)
-IMAGENET_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
-IMAGENET_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
 
 
 def parse(name):

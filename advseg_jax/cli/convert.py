@@ -17,7 +17,7 @@ from absl import flags
 from advseg_jax import model_io
 from advseg_jax.cli import common
 from advseg_jax.models.spec import ModelSpec
-from advseg_jax.normalization import CHANNEL_ORDERS
+from advseg_jax.normalization import CHANNEL_ORDERS, NORMALIZATIONS
 from advseg_jax.torch_port import convert
 from advseg_jax.torch_port.pth import ConversionError
 
@@ -67,6 +67,11 @@ def _define_model_flags(fv: flags.FlagValues) -> None:
                     "input channel order recorded in model.json: RGB for AdvSemiSeg VOC models, "
                     "BGR for AdaptSegNet models and Caffe-converted inits (default: RGB for "
                     "21-class deeplabv2, BGR otherwise)", flag_values=fv)
+  flags.DEFINE_enum("normalization", "caffe", tuple(NORMALIZATIONS),
+                    "input normalisation recorded in model.json: caffe (subtract the Caffe "
+                    "DeepLab mean: AdvSemiSeg, AdaptSegNet and their inits) or imagenet "
+                    "(torchvision's ImageNet mean and std: ImageNet ResNets from torchvision, "
+                    "the ICLR-2018 reproduction)", flag_values=fv)
   common.define_parsed(fv, "depths", "resnet101",
                        "bottlenecks per layer, 4 comma-separated ints (3,4,23,3 = ResNet-101) "
                        "or resnet101 / resnet50 / tiny", common.parse_depths, "depths")
@@ -141,8 +146,10 @@ def _run_forward(fv: flags.FlagValues, source: str, output: str) -> None:
     stride = not fv.torchvision_layout
   else:
     stride = fv.rule != "torchvision"
+  mean_bgr, std_bgr = NORMALIZATIONS[fv.normalization]
   model = dict(depths=fv.depths, width=fv.width, stride_in_1x1=stride,
-               aspp_branches_used=fv.aspp_branches_used, bn_mode=fv.bn_mode, ndf=fv.ndf)
+               aspp_branches_used=fv.aspp_branches_used, bn_mode=fv.bn_mode, ndf=fv.ndf,
+               mean_bgr=mean_bgr, std_bgr=std_bgr)
   model_spec = ModelSpec.for_original(fv.arch, fv.num_classes,
                                       channel_order=fv.channel_order, **model)
   target = os.path.abspath(output)

@@ -22,7 +22,7 @@ from flax import traverse_util
 
 from advseg_jax import model_io
 from advseg_jax.models import ModelSpec, build
-from advseg_jax.normalization import CAFFE_MEAN_BGR
+from advseg_jax.normalization import CAFFE_MEAN_BGR, IMAGENET_MEAN_BGR, IMAGENET_STD_BGR
 from advseg_jax.cli.convert import define_flags, main
 from advseg_jax.torch_port.convert import (ConversionError, convert_state_dict,
                                            load_torch_checkpoint, to_numpy_state_dict,
@@ -465,6 +465,27 @@ def test_cli_convert_and_reverse(arch, tmp_path, capsys):
   fresh.load_state_dict(restored, strict=True)
   code, _, err = _run_cli(capsys, "--reverse", out_dir, back)
   assert code == 2 and "exists" in err
+
+
+def test_cli_records_the_imagenet_normalization(tmp_path, capsys):
+  """--normalization imagenet: torchvision's mean and std in model.json, so evaluate and
+  predict divide by the std as the ICLR-2018 reproduction's ToTensor + Normalize did."""
+  make, ncls, flags, _ = ARCH_CASES["deeplabv2"]
+  ckpt = tmp_path / "tv.pth"
+  torch.save(make().state_dict(), ckpt)
+  specs = {}
+  for norm in ("caffe", "imagenet"):
+    code, _, err = _run_cli(capsys, ckpt, tmp_path / norm, "--arch", "deeplabv2",
+                            "--num_classes", ncls, "--normalization", norm, *flags)
+    assert code == 0, err
+    specs[norm] = model_io.load_model(str(tmp_path / norm))[1]
+  assert specs["caffe"]["mean_bgr"] == list(CAFFE_MEAN_BGR) and "std_bgr" not in specs["caffe"]
+  assert specs["imagenet"]["mean_bgr"] == pytest.approx(IMAGENET_MEAN_BGR)
+  assert specs["imagenet"]["std_bgr"] == pytest.approx(IMAGENET_STD_BGR)
+  assert ModelSpec.from_json(specs["imagenet"]).std_bgr == pytest.approx(IMAGENET_STD_BGR)
+  code, _, err = _run_cli(capsys, ckpt, tmp_path / "x", "--arch", "deeplabv2",
+                          "--num_classes", ncls, "--normalization", "vgg", *flags)
+  assert code == 2 and "normalization" in err
 
 
 def test_cli_help_mentions_every_flag(capsys):
