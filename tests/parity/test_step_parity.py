@@ -54,6 +54,7 @@ from advseg_jax.train.state import create_train_states
 from advseg_jax.train.steps import make_train_step
 
 from tests import seeds
+from tests.float32_noise import NOISE_FACTOR, noise_bound
 from tests.torch_ref import models as tr
 from tests.torch_ref import training as ttr
 
@@ -80,8 +81,8 @@ F64_TOL = 1e-10
 # 1.2e-3 and two iteration-1 losses 2.9e-4 off, in JAX float32 *and* in PyTorch float32
 # (same numbers: the flips come from float32 rounding both share, not from summation order).
 # So each float32 quantity may be off by max(tolerance, NOISE_FACTOR x the float32 torch
-# reference's error on the same quantity); the float64 run has no such allowance.
-NOISE_FACTOR = 10.0
+# reference's error on the same quantity) (tests/float32_noise.py); the float64 run has no
+# such allowance.
 TOLERANCES = {
     "float32": dict(loss=LOSS_TOL_F32, param=1e-4, grad=GRAD_TOL_F32),
     "float64": dict(loss=F64_TOL, param=F64_TOL, grad=F64_TOL),
@@ -166,10 +167,10 @@ class Report:
 
   def check_err(self, quantity: str, name: str, err: float, tol: float,
                 noise_err=None) -> None:
-    """Fails when err > max(tol, NOISE_FACTOR * noise_err) (see NOISE_FACTOR)."""
+    """Fails when err > noise_bound(tol, noise_err) (tests/float32_noise.py)."""
     if err > self.worst.get(quantity, (-1.0, "", None))[0]:
       self.worst[quantity] = (err, name, noise_err)
-    bound = tol if noise_err is None else max(tol, NOISE_FACTOR * noise_err)
+    bound = noise_bound(tol, noise_err)
     if not err <= bound:
       extra = "" if noise_err is None else f" (torch float32: {noise_err:.1e})"
       self.failures.append(f"{quantity} {name}: rel err {err:.3e} > {bound:g}{extra}")
