@@ -155,7 +155,7 @@ def base_cell(name: str) -> str:
 
 def adv_scale(name: str) -> float:
   """The factor of a cell name: 'single@x10' -> 10.0, 'single' -> 1.0."""
-  return float(name.partition("@x")[2].partition(ADABN)[0] or 1)
+  return float(name.partition("@x")[2] or 1)
 
 
 def describe(name: str) -> Tuple[str, str]:
@@ -402,9 +402,10 @@ def collect(args: argparse.Namespace, root: str) -> Dict[str, Dict[str, Any]]:
     mean, std = shared.mean_std(list(per_seed.values()))
     common = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
     curve = [(st, *shared.mean_std([c[st] for c in curves])) for st in common]
-    rows[cell] = {"description": describe(cell)[0], "eval_set": describe(cell)[1], "mean": mean,
-                  "std": std, "per_seed": per_seed, "num_seeds": len(per_seed),
-                  "steps": steps, "wall_s_mean": shared.mean_std(walls)[0], "curve": curve}
+    description, eval_set = describe(cell)
+    rows[cell] = {"description": description, "eval_set": eval_set, "mean": mean, "std": std,
+                  "per_seed": per_seed, "num_seeds": len(per_seed), "steps": steps,
+                  "wall_s_mean": shared.mean_std(walls)[0], "curve": curve}
   _adabn_rows(args, root, rows)
   return rows
 
@@ -610,7 +611,8 @@ def sample_sheet(root: str, rows: Dict[str, Dict[str, Any]], seed: int, path: st
                  env: Dict[str, str]) -> Optional[str]:
   """Source rendering / target image / ground truth / source-only / adapted predictions."""
   # Predictions use the stored statistics, so the '+adabn' rows are not candidates here.
-  so, ad = best_of(rows, ("source_only", "source_only_tbn")), best_of(rows, of_cells(rows, ADAPT_METHODS))
+  so = best_of(rows, ("source_only", "source_only_tbn"))
+  ad = best_of(rows, of_cells(rows, ADAPT_METHODS))
   plt = _pyplot()
   if plt is None or so is None or ad is None:
     return None
