@@ -369,10 +369,11 @@ def evaluate_adabn(args: argparse.Namespace, plan: List[Dict[str, Any]],
 
 
 def _adabn_rows(args: argparse.Namespace, root: str, rows: Dict[str, Dict[str, Any]]) -> None:
-  """Adds a '<cell>+adabn' row (final mIoU only, no curve) after each ADABN_CELLS row."""
+  """Adds a '<cell>+adabn' row (final mIoU only, no curve) after each ADABN_CELLS row, over
+  the seeds that row counts."""
   for cell in of_cells(args.cells, ADABN_CELLS):
     per_seed = {}
-    for seed in args.seeds:
+    for seed in rows[cell]["per_seed"]:
       path = adabn_json(run_dir(root, cell, seed))
       if os.path.exists(path):
         with open(path) as f:
@@ -386,14 +387,16 @@ def _adabn_rows(args: argparse.Namespace, root: str, rows: Dict[str, Dict[str, A
 
 
 def collect(args: argparse.Namespace, root: str) -> Dict[str, Dict[str, Any]]:
-  """Per cell: per-seed final mIoU, mean, std, mean curve, wall time (finished runs only)."""
+  """Per cell: per-seed final mIoU, mean, std, mean curve, wall time (runs finished at the
+  requested step only: a stopped run's summary carries the score of where it stopped)."""
   rows = {}
   for cell in args.cells:
     per_seed, curves, walls, steps = {}, [], [], None
+    stop = int(run_overrides(args, cell)["num_steps"])
     for seed in args.seeds:
       wd = run_dir(root, cell, seed)
       summ = shared.read_summary(wd)
-      if not summ or summ.get("miou") is None:
+      if not shared.is_complete(summ, stop) or summ.get("miou") is None:
         continue
       per_seed[seed] = float(summ["miou"])
       curves.append(dict(shared.read_curve(wd)))

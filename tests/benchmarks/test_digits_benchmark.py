@@ -83,7 +83,14 @@ def test_report_on_fake_runs(digits, tmp_path):
   for s in (0, 1, 2):  # source_only with target BN statistics: the best source-only row
     with open(digits.adabn_json(digits.run_dir(root, "source_only", s)), "w") as f:
       json.dump({"miou": .16 + 0.01 * s}, f)
+  # A stopped run (its summary still carries a score) and its target-BN score do not count.
+  _fake_run(digits.run_dir(root, "lsgan", 2), .9, 80, status="preempted")
+  with open(digits.adabn_json(digits.run_dir(root, "lsgan", 2)), "w") as f:
+    json.dump({"miou": .9}, f)
   rows = digits.collect(args, root)
+  assert rows["lsgan"]["per_seed"] == pytest.approx({0: .18, 1: .19})
+  assert rows["lsgan"]["steps"] == 200
+  assert rows["lsgan+adabn"]["num_seeds"] == 0
   assert rows["source_only+adabn"]["mean"] == pytest.approx(.17)
   assert rows["single+adabn"]["num_seeds"] == 0
   assert rows["sup_1/16"]["num_seeds"] == 0 and rows["semi_1/8"]["num_seeds"] == 3
