@@ -347,17 +347,24 @@ def fmt_seconds(s: float) -> str:
   return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
+def stop_step(overrides: Dict[str, Any]) -> int:
+  """The step a run of these overrides ends at (its stop, else its schedule length)."""
+  return int(overrides.get("num_steps_stop") or overrides["num_steps"])
+
+
 def collect(args: argparse.Namespace, root: str) -> Dict[str, Any]:
+  """Per method: the runs finished at their stop step, with mean/std and the mean curve."""
   rows = {}
   for letter in args.methods:
+    stop = stop_step(run_overrides(args, letter)[1])
     finals, walls, curves, per_seed = [], [], [], {}
     steps = None
     for seed in args.seeds:
       wd = os.path.join(root, run_name(letter), f"seed{seed}")
       summ = read_summary(wd)
-      curve = read_curve(wd)
-      if summ is None or summ.get("miou") is None:
+      if not is_complete(summ, stop) or summ.get("miou") is None:
         continue
+      curve = read_curve(wd)
       finals.append(float(summ["miou"]))
       walls.append(float(summ.get("wall_time_s") or float("nan")))
       curves.append(curve)
@@ -508,7 +515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if args.rerun and os.path.isdir(wd):
         shutil.rmtree(wd)
         summ = None
-      stop = int(ov.get("num_steps_stop") or ov["num_steps"])
+      stop = stop_step(ov)
       if is_complete(summ, stop):
         print(f"{label}: done before (mIoU {pct(summ.get('miou'))}), skipped")
         continue
