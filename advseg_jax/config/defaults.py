@@ -117,7 +117,7 @@ def _optimiser_configs() -> Tuple[ml_collections.ConfigDict, ml_collections.Conf
 def _diagnostics_config() -> ml_collections.ConfigDict:
   """`config.diagnostics`: non-finite handling and the D-wins / D-collapse warnings."""
   d = ml_collections.ConfigDict()
-  d.grad_norms = False
+  d.grad_norms = False        # log g/grad_norm_seg, g/grad_norm_adv (one extra backward pull)
   d.skip_nonfinite = False    # False: stop the run naming the term
   d.d_wins_threshold = 0.2    # D loss below this (the band's low edge, §10.7) ...
   d.d_wins_patience = 50      # ... for this many logged steps -> warning
