@@ -1,22 +1,17 @@
 """benchmarks/speed/compare.py: merging repeated rounds into one table row, and the argument lists
 it passes to each side (pure functions)."""
 
-import importlib.util
 import json
-import os
 import random
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "speed", "compare.py")
+from tests.benchmarks import scripts
 
 
 @pytest.fixture(scope="module")
 def compare():
-  spec = importlib.util.spec_from_file_location("bench_compare", _PATH)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return scripts.load("speed/compare.py", "bench_compare")
 
 
 def _res(side_variant, ms, round_, method="supervised", cpu=None, error=None):

@@ -1,22 +1,15 @@
 """benchmarks/speed/step_ab.py: variant parsing, config overrides and a tiny end-to-end A/B."""
 
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
 
-_BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "speed")
+from tests.benchmarks import scripts
 
 
 @pytest.fixture(scope="module")
 def step_ab():
-  sys.path.insert(0, os.path.abspath(_BENCH))
-  spec = importlib.util.spec_from_file_location("bench_step_ab", os.path.join(_BENCH, "step_ab.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return scripts.load("speed/step_ab.py", "bench_step_ab")
 
 
 def test_parse_variant(step_ab):

@@ -1,22 +1,18 @@
 """benchmarks/quality/digits.py: its statistics, report and resumability on fake run
 summaries (no training)."""
 
-import importlib.util
 import json
 import math
 import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "quality", "digits.py")
+from tests.benchmarks import scripts
 
 
 @pytest.fixture(scope="module")
 def digits():
-  spec = importlib.util.spec_from_file_location("bench_quality_digits", _PATH)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return scripts.load("quality/digits.py", "bench_quality_digits")
 
 
 # Student t quantiles / tails from tables (scipy.stats.t), to 1e-6.

@@ -7,29 +7,22 @@ the same parsing, case building and config validation its benchmark does before 
 JAX or PyTorch, with the real (GPU) shapes, without running anything.
 """
 
-import importlib.util
 import os
 import shlex
 import subprocess
-import sys
 
 import pytest
 
+from tests.benchmarks import scripts
+
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-_BENCH = os.path.join(_ROOT, "benchmarks", "speed")
 _SCRIPT = os.path.join(_ROOT, "benchmarks", "gpu_session.sh")
 _OUT = "/device/out"      # stands for the device tool's $OUT
 _CALL_LIMIT_S = 570       # the device tool allows 600 s per call; the script promises 9.5 min
 
 
 def _load(name):
-  if _BENCH not in sys.path:
-    sys.path.insert(0, _BENCH)
-  spec = importlib.util.spec_from_file_location(f"gpu_plan_{name}",
-                                                os.path.join(_BENCH, f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return scripts.load(f"speed/{name}.py", f"gpu_plan_{name}")
 
 
 def plan(part, **env):

@@ -1,20 +1,16 @@
 """benchmarks/quality/methods.py: which runs its table counts (fake run summaries, no training)."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "quality", "methods.py")
+from tests.benchmarks import scripts
 
 
 @pytest.fixture(scope="module")
 def methods():
-  spec = importlib.util.spec_from_file_location("bench_quality_methods", _PATH)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return scripts.load("quality/methods.py", "bench_quality_methods")
 
 
 def _fake_run(wd, miou, step, status="completed"):
