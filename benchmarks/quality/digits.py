@@ -56,11 +56,17 @@ training, each adaptation run except the oracle is scored a second time with BN 
 recomputed on 512 target train images (`evaluate --bn_stats_from digits_m/target:train`,
 kept in RUN/eval_target_bn.json), reported as row '<cell>+adabn'. The adaptation methods are
 compared with all four source-only rows; the best of them is the baseline to beat.
+
+Held out (`--test`): the adaptation runs are also scored on digits_m/target test, with the
+stored BN statistics and, for the '+adabn' cells, recomputed ones (RUN/eval_test*.json), and
+reported in a second table with the same comparisons. Nothing is chosen on it: the
+adversarial weights (`--adv_scales`) are chosen on validation.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -142,6 +148,25 @@ BN_NOTE = ("BN: the adaptation cells that see target images (source_only_tbn, si
 NUM_SAMPLES = 6
 
 
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+  """An evaluation of finished runs besides the one in training: a split of digits_m/target,
+  with the stored BN statistics or ones recomputed on target train images (AdaBN)."""
+  split: str        # 'validation' | 'test'
+  target_bn: bool
+  file: str         # RUN/<file>.json (and .log)
+
+  @property
+  def cells(self) -> Tuple[str, ...]:
+    """The cells (presets) whose runs this scoring evaluates."""
+    return ADABN_CELLS if self.target_bn else ADAPT_CELLS
+
+
+ADABN_VAL = Scoring("validation", True, "eval_target_bn")
+TEST = Scoring("test", False, "eval_test")
+ADABN_TEST = Scoring("test", True, "eval_test_target_bn")
+
+
 # ----------------------------------------------------------------------------- cell names
 def variant(cell: str, scale: float) -> str:
   """The name of `cell` with its adversarial weights times `scale`: 'single@x10'."""
@@ -220,6 +245,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--report_only", action="store_true", help="train nothing, report the runs")
   p.add_argument("--dry_run", action="store_true", help="print the train commands and exit")
   p.add_argument("--no_samples", action="store_true", help="skip the sample sheet")
+  p.add_argument("--test", action="store_true",
+                 help="also score the adaptation runs on digits_m/target test (held out: "
+                      "nothing is chosen on it) and report that table after the main one")
   p.add_argument("--docs", default=None,
                  help="also copy the PNGs to this folder (e.g. docs) as digits_*.png")
   args = p.parse_args(argv)
@@ -334,31 +362,36 @@ def train_all(plan: List[Dict[str, Any]], env: Dict[str, str]) -> List[Tuple[str
   return failures
 
 
+def score_json(workdir: str, scoring: Scoring) -> str:
+  return os.path.join(workdir, scoring.file + ".json")
+
+
 def adabn_json(workdir: str) -> str:
-  return os.path.join(workdir, "eval_target_bn.json")
+  return score_json(workdir, ADABN_VAL)
 
 
-def evaluate_adabn(args: argparse.Namespace, plan: List[Dict[str, Any]],
-                   env: Dict[str, str]) -> List[Tuple[str, int, str]]:
-  """Scores each finished ADABN_CELLS run with BN statistics recomputed on target train
-  images (kept in RUN/eval_target_bn.json); returns the failures like `train_all`."""
+def evaluate_runs(args: argparse.Namespace, plan: List[Dict[str, Any]], env: Dict[str, str],
+                  scoring: Scoring) -> List[Tuple[str, int, str]]:
+  """Scores each finished run of `scoring.cells` (kept in RUN/<scoring.file>.json, so a
+  scored run is not scored again); returns the failures like `train_all`."""
   n_eval = int(PROFILES[args.profile]["eval_max_examples"])
-  split = f"validation[:{n_eval}]" if n_eval > 0 else "validation"
+  split = f"{scoring.split}[:{n_eval}]" if n_eval > 0 else scoring.split
   failures = []
   for r in plan:
-    out = adabn_json(r["workdir"])
-    if base_cell(r["cell"]) not in ADABN_CELLS or os.path.exists(out) or \
+    out = score_json(r["workdir"], scoring)
+    if base_cell(r["cell"]) not in scoring.cells or os.path.exists(out) or \
         not shared.is_complete(shared.read_summary(r["workdir"]), r["stop"]):
       continue
     cmd = [sys.executable, "-m", "advseg_jax", "evaluate", r["workdir"], "--split", split,
-           "--bn_stats_from", "digits_m/target:train", "--bn_stats_images", str(ADABN_IMAGES),
            "--output_json", out, "--no_progress"]
+    if scoring.target_bn:
+      cmd += ["--bn_stats_from", "digits_m/target:train", "--bn_stats_images", str(ADABN_IMAGES)]
     if args.data_dir:
       cmd += ["--data_dir", os.path.abspath(os.path.expanduser(args.data_dir))]
-    log_path = os.path.join(r["workdir"], "eval_target_bn.log")
+    log_path = os.path.join(r["workdir"], scoring.file + ".log")
     with open(log_path, "w") as log:
       rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    label = f"{r['cell']}{ADABN} seed {r['seed']}"
+    label = f"{r['cell']}{ADABN if scoring.target_bn else ''} seed {r['seed']} ({scoring.split})"
     if rc != 0:
       failures.append((label, rc, log_path))
       print(f"{label}: FAILED (exit {rc}); see {log_path}")
@@ -368,22 +401,40 @@ def evaluate_adabn(args: argparse.Namespace, plan: List[Dict[str, Any]],
   return failures
 
 
-def _adabn_rows(args: argparse.Namespace, root: str, rows: Dict[str, Dict[str, Any]]) -> None:
-  """Adds a '<cell>+adabn' row (final mIoU only, no curve) after each ADABN_CELLS row, over
-  the seeds that row counts."""
-  for cell in of_cells(args.cells, ADABN_CELLS):
+def scored_rows(args: argparse.Namespace, root: str, rows: Dict[str, Dict[str, Any]],
+                scoring: Scoring) -> Dict[str, Dict[str, Any]]:
+  """A row per cell of `scoring.cells` from its RUN/<scoring.file>.json scores (final mIoU
+  only, no curve), over the seeds the cell's training row counts; named '<cell>+adabn'
+  for target BN statistics."""
+  out = {}
+  for cell in of_cells(args.cells, scoring.cells):
     per_seed = {}
     for seed in rows[cell]["per_seed"]:
-      path = adabn_json(run_dir(root, cell, seed))
+      path = score_json(run_dir(root, cell, seed), scoring)
       if os.path.exists(path):
         with open(path) as f:
           per_seed[seed] = float(json.load(f)["miou"])
+    description, _ = describe(cell)
+    if scoring.target_bn:
+      description += ", BN statistics recomputed on target"
     mean, std = shared.mean_std(list(per_seed.values()))
-    rows[cell + ADABN] = {
-        "description": describe(cell)[0] + ", BN statistics recomputed on target",
-        "eval_set": TARGET_VAL, "mean": mean, "std": std, "per_seed": per_seed,
-        "num_seeds": len(per_seed), "steps": rows[cell]["steps"],
-        "wall_s_mean": float("nan"), "curve": []}
+    out[cell + (ADABN if scoring.target_bn else "")] = {
+        "description": description, "eval_set": f"digits_m/target {scoring.split}",
+        "mean": mean, "std": std, "per_seed": per_seed, "num_seeds": len(per_seed),
+        "steps": rows[cell]["steps"], "wall_s_mean": float("nan"), "curve": []}
+  return out
+
+
+def test_rows(args: argparse.Namespace, root: str,
+              rows: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+  """The held-out table: each adaptation cell on target test, with its '+adabn' row after."""
+  plain, adabn = scored_rows(args, root, rows, TEST), scored_rows(args, root, rows, ADABN_TEST)
+  out = {}
+  for cell, row in plain.items():
+    out[cell] = row
+    if cell + ADABN in adabn:
+      out[cell + ADABN] = adabn[cell + ADABN]
+  return out
 
 
 def collect(args: argparse.Namespace, root: str) -> Dict[str, Dict[str, Any]]:
@@ -409,7 +460,8 @@ def collect(args: argparse.Namespace, root: str) -> Dict[str, Dict[str, Any]]:
     rows[cell] = {"description": description, "eval_set": eval_set, "mean": mean, "std": std,
                   "per_seed": per_seed, "num_seeds": len(per_seed), "steps": steps,
                   "wall_s_mean": shared.mean_std(walls)[0], "curve": curve}
-  _adabn_rows(args, root, rows)
+  for cell, row in scored_rows(args, root, rows, ADABN_VAL).items():
+    rows[cell] = row
   return rows
 
 
@@ -530,6 +582,7 @@ def _fmt_ci(ci: Optional[Tuple[float, float]]) -> str:
 
 def markdown(args: argparse.Namespace, rows: Dict[str, Dict[str, Any]],
              comps: List[Dict[str, Any]]) -> str:
+  """The table of `rows`, the seeds line, the paired comparisons `comps` and the BN note."""
   pct = shared.pct
   lines = ["| cell | description | evaluated on | mIoU % mean ± std | per seed | seeds | steps "
            "| wall / run |", "|---|---|---|---|---|---|---|---|"]
@@ -671,13 +724,20 @@ def write_report(args: argparse.Namespace, root: str, env: Dict[str, str]) -> Di
   rows = collect(args, root)
   comps = comparisons(rows)
   md = markdown(args, rows, comps)
+  held_out = {}
+  if args.test:
+    held_out["rows"] = test_rows(args, root, rows)
+    held_out["comparisons"] = comparisons(held_out["rows"])
+    md += ("\n## Held out: digits_m/target test\n\nThe same final models, scored once on "
+           "the target test split, which nothing is chosen on.\n\n"
+           + markdown(args, held_out["rows"], held_out["comparisons"]))
   print()
   print(md)
   cmdline = "python benchmarks/quality/digits.py " + " ".join(args.argv)
   with open(os.path.join(root, "digits.md"), "w") as f:
     f.write(f"`{cmdline.strip()}`\n\n{md}")
   result = {"profile": args.profile, "seeds": args.seeds, "command": cmdline.strip(),
-            "rows": rows, "comparisons": comps, "bn_note": BN_NOTE,
+            "rows": rows, "comparisons": comps, "held_out_test": held_out, "bn_note": BN_NOTE,
             "machine": {"platform": platform.platform(), "python": platform.python_version(),
                         "cpus": os.cpu_count()},
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -715,7 +775,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not args.report_only:
     print(f"{len(plan)} runs ({len(args.cells)} cells x {len(args.seeds)} seeds) -> {root}")
     failures = train_all(plan, env)
-    failures += evaluate_adabn(args, plan, env)
+    for scoring in (ADABN_VAL,) + ((TEST, ADABN_TEST) if args.test else ()):
+      failures += evaluate_runs(args, plan, env, scoring)
   write_report(args, root, env)
   for label, rc, path in failures:
     print(f"FAILED {label}: exit {rc}, log {path}")

@@ -17,5 +17,6 @@ def load(relpath: str, name: str) -> ModuleType:
     sys.path.insert(0, folder)
   spec = importlib.util.spec_from_file_location(name, path)
   mod = importlib.util.module_from_spec(spec)
+  sys.modules[name] = mod   # dataclasses resolve their annotations through it
   spec.loader.exec_module(mod)
   return mod

@@ -232,3 +232,48 @@ def test_adv_scales_add_paired_variants(digits, tmp_path):
   assert ("single@x10+adabn", "source_only") not in comps
   with pytest.raises(SystemExit):
     digits.parse_args(["--adv_scales", "0,1"])
+
+
+def test_held_out_test_split_is_scored_and_reported(digits, tmp_path, monkeypatch):
+  out, root = str(tmp_path), str(tmp_path / "quick")
+  cells = "sup_1/8,source_only,source_only_tbn,multi,oracle"
+  _fake_table(digits, root, [0, 1], 200)
+  for s in (0, 1):
+    _fake_run(digits.run_dir(root, digits.PRETRAIN, s), .05, 100)
+  scored = []
+
+  def fake_evaluate(cmd, cwd, env, stdout, stderr):
+    assert "evaluate" in cmd, "every run is finished: only evaluations"
+    wd = cmd[cmd.index("evaluate") + 1]
+    split = cmd[cmd.index("--split") + 1]
+    adabn = "--bn_stats_from" in cmd
+    scored.append((os.path.relpath(wd, root), split, adabn))
+    value = {"multi": .30, "source_only": .12, "source_only_tbn": .15, "oracle": .55}
+    miou = value[os.path.basename(os.path.dirname(wd))] + (.01 if adabn else 0)
+    with open(cmd[cmd.index("--output_json") + 1], "w") as f:
+      json.dump({"miou": miou + .01 * int(wd[-1])}, f)
+    return 0
+
+  monkeypatch.setattr(digits.subprocess, "call", fake_evaluate)
+  assert digits.main(["--quick", "--seeds", "2", "--cells", cells, "--out", out,
+                      "--no_samples", "--test"]) == 0
+  on_test = {(wd, adabn) for wd, split, adabn in scored if split == "test[:200]"}
+  for s in (0, 1):
+    for cell in ("source_only", "source_only_tbn", "multi"):
+      assert {(os.path.join(cell, f"seed{s}"), False), (os.path.join(cell, f"seed{s}"), True)} \
+          <= on_test
+    assert (os.path.join("oracle", f"seed{s}"), False) in on_test       # the ceiling, stored BN
+    assert (os.path.join("oracle", f"seed{s}"), True) not in on_test
+    assert not any(wd.startswith("sup_1of8") for wd, _, _ in scored)    # source-domain cell
+  with open(os.path.join(root, "digits.json")) as f:
+    held = json.load(f)["held_out_test"]
+  assert held["rows"]["multi"]["per_seed"] == pytest.approx({"0": .30, "1": .31})
+  assert held["rows"]["source_only_tbn+adabn"]["eval_set"] == "digits_m/target test"
+  best = [c for c in held["comparisons"] if c["method"] == "multi" and c["best_baseline"]]
+  assert best[0]["baseline"] == "source_only_tbn+adabn" and best[0]["mean"] == pytest.approx(.14)
+  with open(os.path.join(root, "digits.md")) as f:
+    assert "## Held out: digits_m/target test" in f.read()
+  scored.clear()   # scores are kept: a second run evaluates nothing
+  assert digits.main(["--quick", "--seeds", "2", "--cells", cells, "--out", out,
+                      "--no_samples", "--test"]) == 0
+  assert scored == []
