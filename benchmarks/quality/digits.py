@@ -18,7 +18,8 @@ OUT/TAG/CELL/seedS --config.seed=S ...` in a child process (log in RUN/train.log
 fixes the labelled subset and the initialisation, so a method and its baseline pair by seed.
 Resumable: a run whose `summary.json` says it finished at the requested step is kept, an
 unfinished one resumes from its checkpoint. The run bookkeeping (summaries, curves, mean and
-std, the train command) is `benchmarks/quality/methods.py`'s; this script adds the paired statistics.
+std, the train command) is `benchmarks/quality/methods.py`'s; this script adds the paired
+statistics.
 
 Reported: mean and sample std of the final mIoU per cell; for each method against its
 baseline the paired difference over common seeds with its 95% Student-t interval and the
@@ -34,7 +35,10 @@ lsgan) also runs with all of its adversarial weights (lambda_adv, lambda_adv_aux
 lambda_semi_adv) multiplied by each other scale, as cell `CELL@xS` (e.g. `single@x10`:
 lambda_adv 0.01), paired with the same baselines. The report keeps every scale, the
 originals' (x1) included; the scale is chosen on validation, which is also where the cells
-are scored, so the best scale's figure is mildly optimistic.
+are scored, so the best scale's figure is mildly optimistic (`--test` gives the held-out
+figure). `--d_lr_scales 1,20` searches D's learning rate the same way (`CELL@dlr20`, or
+`CELL@x10,dlr20` with a weight scale): G's rate here is 20x the originals' (no pretrained
+backbone), so D at 20x keeps the originals' G:D ratio.
 
 Shared source pretraining (adaptation cells): the originals adapt a pretrained network, and
 from a random initialisation the source task is not learned before ~1000 steps, while the
@@ -168,9 +172,16 @@ ADABN_TEST = Scoring("test", True, "eval_test_target_bn")
 
 
 # ----------------------------------------------------------------------------- cell names
-def variant(cell: str, scale: float) -> str:
-  """The name of `cell` with its adversarial weights times `scale`: 'single@x10'."""
-  return cell if scale == 1 else f"{cell}@x{scale:g}"
+# A variant's name is its preset and tags: 'single@x10' (adversarial weights x10),
+# 'single@dlr20' (D learning rate x20), 'single@x10,dlr20' (both).
+ADV_TAG, D_LR_TAG = "x", "dlr"
+
+
+def variant(cell: str, scale: float, d_lr_scale: float = 1.0) -> str:
+  """The name of `cell` with its adversarial weights times `scale` and D's learning rate
+  times `d_lr_scale`."""
+  tags = [f"{tag}{v:g}" for tag, v in ((ADV_TAG, scale), (D_LR_TAG, d_lr_scale)) if v != 1]
+  return f"{cell}@{','.join(tags)}" if tags else cell
 
 
 def base_cell(name: str) -> str:
@@ -178,16 +189,31 @@ def base_cell(name: str) -> str:
   return name.partition("@")[0]
 
 
+def _tag(name: str, tag: str) -> float:
+  for t in filter(None, name.partition("@")[2].split(",")):
+    if t.startswith(tag) and t[len(tag):][:1].isdigit():
+      return float(t[len(tag):])
+  return 1.0
+
+
 def adv_scale(name: str) -> float:
-  """The factor of a cell name: 'single@x10' -> 10.0, 'single' -> 1.0."""
-  return float(name.partition("@x")[2] or 1)
+  """The adversarial-weight factor of a cell name: 'single@x10' -> 10.0, 'single' -> 1.0."""
+  return _tag(name, ADV_TAG)
+
+
+def d_lr_scale(name: str) -> float:
+  """The D learning-rate factor of a cell name: 'single@x10,dlr20' -> 20.0."""
+  return _tag(name, D_LR_TAG)
 
 
 def describe(name: str) -> Tuple[str, str]:
   """(description, evaluated on) of a cell name."""
   text, evaluated_on = CELLS[base_cell(name)]
-  scale = adv_scale(name)
-  return (text if scale == 1 else f"{text}, adversarial weights x{scale:g}"), evaluated_on
+  for what, v in (("adversarial weights", adv_scale(name)),
+                  ("D learning rate", d_lr_scale(name))):
+    if v != 1:
+      text += f", {what} x{v:g}"
+  return text, evaluated_on
 
 
 def of_cells(rows: Sequence[str], cells: Sequence[str]) -> List[str]:
@@ -230,6 +256,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="comma-separated factors on every adversarial weight of the adversarial "
                       "cells, e.g. 1,10 (default 1: the originals' weights); each factor "
                       "other than 1 adds cell CELL@xFACTOR")
+  p.add_argument("--d_lr_scales", type=parse_scales, default=[1.0],
+                 help="comma-separated factors on D's learning rate of the adversarial cells, "
+                      "e.g. 1,20 (default 1: the originals' 1e-4); each factor other than 1 "
+                      "adds cell CELL@dlrFACTOR (with --adv_scales: CELL@xA,dlrD)")
   p.add_argument("--steps", type=int, default=None,
                  help="steps per run (default: the profile's); semi_start scales with it")
   p.add_argument("--pretrain_steps", type=int, default=None,
@@ -259,8 +289,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     bad = [c for c in args.cells if c not in CELLS]
     if bad:
       p.error(f"--cells: unknown {', '.join(bad)}; known: {', '.join(CELLS)}")
-  args.cells = [variant(c, s) for c in args.cells
-                for s in (args.adv_scales if c in ADVERSARIAL else [1.0])]
+  args.cells = [variant(c, s, d) for c in args.cells
+                for s in (args.adv_scales if c in ADVERSARIAL else [1.0])
+                for d in (args.d_lr_scales if c in ADVERSARIAL else [1.0])]
   args.seeds = args.seeds or list(range(PROFILES[args.profile]["seeds"]))
   if args.steps is not None and args.steps < 1:
     p.error(f"--steps: expected an int >= 1, got {args.steps}")
@@ -290,6 +321,8 @@ def run_overrides(args: argparse.Namespace, cell: str) -> Dict[str, Any]:
     for field in ADV_WEIGHTS:
       group, name = field.split(".")
       ov[field] = float(base[group][name]) * scale
+  if d_lr_scale(cell) != 1:
+    ov["optim_d.lr"] = float(base.optim_d.lr) * d_lr_scale(cell)
   if args.data_dir:
     for s in ("data", "target_data", "eval_data"):
       ov[f"{s}.data_dir"] = os.path.abspath(os.path.expanduser(args.data_dir))

@@ -277,3 +277,23 @@ def test_held_out_test_split_is_scored_and_reported(digits, tmp_path, monkeypatc
   assert digits.main(["--quick", "--seeds", "2", "--cells", cells, "--out", out,
                       "--no_samples", "--test"]) == 0
   assert scored == []
+
+
+def test_d_lr_scales_add_variants(digits, tmp_path):
+  args = digits.parse_args(["--cells", "source_only,single,oracle", "--adv_scales", "1,10",
+                            "--d_lr_scales", "1,20", "--out", str(tmp_path)])
+  assert args.cells == ["source_only", "single", "single@dlr20", "single@x10",
+                        "single@x10,dlr20", "oracle"]
+  both = digits.run_overrides(args, "single@x10,dlr20")
+  assert both["optim_d.lr"] == pytest.approx(2e-3) and both["method.lambda_adv"] == \
+      pytest.approx(0.01)
+  assert "optim_d.lr" not in digits.run_overrides(args, "single@x10")
+  assert digits.run_overrides(args, "single@dlr20")["optim_d.lr"] == pytest.approx(2e-3)
+  assert digits.base_cell("single@x10,dlr20") == "single"
+  assert (digits.adv_scale("single@dlr20"), digits.d_lr_scale("single@dlr20")) == (1.0, 20.0)
+  assert digits.describe("single@x10,dlr20")[0].endswith(
+      "adversarial weights x10, D learning rate x20")
+  assert digits.of_cells(args.cells, ("single",)) == ["single", "single@dlr20", "single@x10",
+                                                      "single@x10,dlr20"]
+  plan = {(r["cell"], r["seed"]): r for r in digits.plan_runs(args, str(tmp_path))}
+  assert "--config.optim_d.lr=0.002" in plan[("single@x10,dlr20", 0)]["cmd"]
