@@ -37,7 +37,7 @@ lambda_adv 0.01), paired with the same baselines. The report keeps every scale, 
 originals' (x1) included; the scale is chosen on validation, which is also where the cells
 are scored, so the best scale's figure is mildly optimistic (`--test` gives the held-out
 figure). `--d_lr_scales 1,20` searches D's learning rate the same way (`CELL@dlr20`, or
-`CELL@x10,dlr20` with a weight scale): G's rate here is 20x the originals' (no pretrained
+`CELL@x10_dlr20` with a weight scale): G's rate here is 20x the originals' (no pretrained
 backbone), so D at 20x keeps the originals' G:D ratio.
 
 Shared source pretraining (adaptation cells): the originals adapt a pretrained network, and
@@ -173,15 +173,15 @@ ADABN_TEST = Scoring("test", True, "eval_test_target_bn")
 
 # ----------------------------------------------------------------------------- cell names
 # A variant's name is its preset and tags: 'single@x10' (adversarial weights x10),
-# 'single@dlr20' (D learning rate x20), 'single@x10,dlr20' (both).
-ADV_TAG, D_LR_TAG = "x", "dlr"
+# 'single@dlr20' (D learning rate x20), 'single@x10_dlr20' (both).
+ADV_TAG, D_LR_TAG, TAG_SEP = "x", "dlr", "_"
 
 
 def variant(cell: str, scale: float, d_lr_scale: float = 1.0) -> str:
   """The name of `cell` with its adversarial weights times `scale` and D's learning rate
   times `d_lr_scale`."""
   tags = [f"{tag}{v:g}" for tag, v in ((ADV_TAG, scale), (D_LR_TAG, d_lr_scale)) if v != 1]
-  return f"{cell}@{','.join(tags)}" if tags else cell
+  return f"{cell}@{TAG_SEP.join(tags)}" if tags else cell
 
 
 def base_cell(name: str) -> str:
@@ -190,7 +190,7 @@ def base_cell(name: str) -> str:
 
 
 def _tag(name: str, tag: str) -> float:
-  for t in filter(None, name.partition("@")[2].split(",")):
+  for t in filter(None, name.partition("@")[2].split(TAG_SEP)):
     if t.startswith(tag) and t[len(tag):][:1].isdigit():
       return float(t[len(tag):])
   return 1.0
@@ -202,8 +202,20 @@ def adv_scale(name: str) -> float:
 
 
 def d_lr_scale(name: str) -> float:
-  """The D learning-rate factor of a cell name: 'single@x10,dlr20' -> 20.0."""
+  """The D learning-rate factor of a cell name: 'single@x10_dlr20' -> 20.0."""
   return _tag(name, D_LR_TAG)
+
+
+def is_cell_name(name: str) -> bool:
+  """A preset, or an adversarial preset with valid tags ('single@x10_dlr20')."""
+  cell = base_cell(name)
+  if "@" not in name:
+    return cell in CELLS
+  try:
+    scales = (adv_scale(name), d_lr_scale(name))
+  except ValueError:
+    return False
+  return cell in ADVERSARIAL and min(scales) > 0 and name == variant(cell, *scales)
 
 
 def describe(name: str) -> Tuple[str, str]:
@@ -248,7 +260,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="one seed per cell, 200 steps, eval on 200 scenes (a smoke run of "
                       "the whole table, ~20 min on 2 CPU cores)")
   p.add_argument("--cells", default="all",
-                 help=f"comma-separated cells or 'all'; cells: {', '.join(CELLS)}")
+                 help=f"comma-separated cells or 'all'; cells: {', '.join(CELLS)}; a cell "
+                      "named with its tags (e.g. single@x10_dlr20) is that variant alone")
   p.add_argument("--seeds", type=parse_seeds, default=None,
                  help="N (seeds 0..N-1) or a comma-separated list, e.g. 0,3 or '7,'; "
                       "default 5 (quick: 1)")
@@ -259,7 +272,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--d_lr_scales", type=parse_scales, default=[1.0],
                  help="comma-separated factors on D's learning rate of the adversarial cells, "
                       "e.g. 1,20 (default 1: the originals' 1e-4); each factor other than 1 "
-                      "adds cell CELL@dlrFACTOR (with --adv_scales: CELL@xA,dlrD)")
+                      "adds cell CELL@dlrFACTOR (with --adv_scales: CELL@xA_dlrD)")
   p.add_argument("--steps", type=int, default=None,
                  help="steps per run (default: the profile's); semi_start scales with it")
   p.add_argument("--pretrain_steps", type=int, default=None,
@@ -286,12 +299,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.cells = list(CELLS)
   else:
     args.cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    bad = [c for c in args.cells if c not in CELLS]
+    bad = [c for c in args.cells if not is_cell_name(c)]
     if bad:
-      p.error(f"--cells: unknown {', '.join(bad)}; known: {', '.join(CELLS)}")
-  args.cells = [variant(c, s, d) for c in args.cells
-                for s in (args.adv_scales if c in ADVERSARIAL else [1.0])
-                for d in (args.d_lr_scales if c in ADVERSARIAL else [1.0])]
+      p.error(f"--cells: unknown {', '.join(bad)}; known: {', '.join(CELLS)}, with tags "
+              f"@x<scale> and @dlr<scale> (joined by '{TAG_SEP}') on {', '.join(ADVERSARIAL)}")
+  args.cells = [c if "@" in c else variant(c, s, d) for c in args.cells
+                for s in (args.adv_scales if c in ADVERSARIAL and "@" not in c else [1.0])
+                for d in (args.d_lr_scales if c in ADVERSARIAL and "@" not in c else [1.0])]
   args.seeds = args.seeds or list(range(PROFILES[args.profile]["seeds"]))
   if args.steps is not None and args.steps < 1:
     p.error(f"--steps: expected an int >= 1, got {args.steps}")

@@ -283,17 +283,26 @@ def test_d_lr_scales_add_variants(digits, tmp_path):
   args = digits.parse_args(["--cells", "source_only,single,oracle", "--adv_scales", "1,10",
                             "--d_lr_scales", "1,20", "--out", str(tmp_path)])
   assert args.cells == ["source_only", "single", "single@dlr20", "single@x10",
-                        "single@x10,dlr20", "oracle"]
-  both = digits.run_overrides(args, "single@x10,dlr20")
+                        "single@x10_dlr20", "oracle"]
+  both = digits.run_overrides(args, "single@x10_dlr20")
   assert both["optim_d.lr"] == pytest.approx(2e-3) and both["method.lambda_adv"] == \
       pytest.approx(0.01)
   assert "optim_d.lr" not in digits.run_overrides(args, "single@x10")
   assert digits.run_overrides(args, "single@dlr20")["optim_d.lr"] == pytest.approx(2e-3)
-  assert digits.base_cell("single@x10,dlr20") == "single"
+  assert digits.base_cell("single@x10_dlr20") == "single"
   assert (digits.adv_scale("single@dlr20"), digits.d_lr_scale("single@dlr20")) == (1.0, 20.0)
-  assert digits.describe("single@x10,dlr20")[0].endswith(
+  assert digits.describe("single@x10_dlr20")[0].endswith(
       "adversarial weights x10, D learning rate x20")
   assert digits.of_cells(args.cells, ("single",)) == ["single", "single@dlr20", "single@x10",
-                                                      "single@x10,dlr20"]
+                                                      "single@x10_dlr20"]
   plan = {(r["cell"], r["seed"]): r for r in digits.plan_runs(args, str(tmp_path))}
-  assert "--config.optim_d.lr=0.002" in plan[("single@x10,dlr20", 0)]["cmd"]
+  assert "--config.optim_d.lr=0.002" in plan[("single@x10_dlr20", 0)]["cmd"]
+
+
+def test_cells_may_name_one_variant(digits, tmp_path):
+  args = digits.parse_args(["--cells", "source_only,single@x10_dlr20,semi_1/8@x30",
+                            "--adv_scales", "1,10", "--out", str(tmp_path)])
+  assert args.cells == ["source_only", "single@x10_dlr20", "semi_1/8@x30"]
+  for bad in ("single@x0", "single@y10", "oracle@x10", "single@dlr20_x10", "single@x1"):
+    with pytest.raises(SystemExit):
+      digits.parse_args(["--cells", bad])
