@@ -251,6 +251,13 @@ def parse_seeds(text: str) -> List[int]:
   return seeds if "," in text else list(range(seeds[0]))
 
 
+def _expand(cell: str, args: argparse.Namespace) -> List[str]:
+  """An adversarial preset named bare: its variants over the scale grids; else `cell`."""
+  if "@" in cell or cell not in ADVERSARIAL:
+    return [cell]
+  return [variant(cell, s, d) for s in args.adv_scales for d in args.d_lr_scales]
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog="python benchmarks/quality/digits.py",
@@ -303,9 +310,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if bad:
       p.error(f"--cells: unknown {', '.join(bad)}; known: {', '.join(CELLS)}, with tags "
               f"@x<scale> and @dlr<scale> (joined by '{TAG_SEP}') on {', '.join(ADVERSARIAL)}")
-  args.cells = [c if "@" in c else variant(c, s, d) for c in args.cells
-                for s in (args.adv_scales if c in ADVERSARIAL and "@" not in c else [1.0])
-                for d in (args.d_lr_scales if c in ADVERSARIAL and "@" not in c else [1.0])]
+  args.cells = [name for c in args.cells for name in _expand(c, args)]
   args.seeds = args.seeds or list(range(PROFILES[args.profile]["seeds"]))
   if args.steps is not None and args.steps < 1:
     p.error(f"--steps: expected an int >= 1, got {args.steps}")
