@@ -17,6 +17,9 @@ tests/parity/test_step_parity.py, whose helpers this file reuses). Checked after
   * momentum buffers (G nesterov SGD, D SGD), whole model
                                                  0.25      1e-10
 Each float32 tolerance widens to NOISE_FACTOR x the float32 torch reference's own error.
+A float32 run that fails with a unit within rounding of a branch (a ReLU input near 0: one
+such unit moves the tiny G's update by ~1e-3; tests/parity/float32_branches.py) is set aside
+and the inputs drawn again; a float32 failure without one fails the test.
 Tiny depth (1, 1, 1, 1), width 8; 65 x 97 crops (sizes 8k - 7 and 32k + 1, where the
 originals' in-forward upsampling returns the input size exactly).
 """
@@ -33,11 +36,13 @@ import torch
 
 from advseg_jax.config.defaults import base_config
 from advseg_jax.config.validation import validate
-from advseg_jax.methods.iclr2018 import labelled_turn
+from advseg_jax import losses
+from advseg_jax.methods.iclr2018 import background_labels, labelled_turn, upsample_in_forward
 from advseg_jax.models import build_discriminator, build_generator
 from advseg_jax.train import optim
 from advseg_jax.train.state import create_train_states
 
+from tests.parity import float32_branches as fb
 from tests.parity.test_step_parity import (DEPTHS, NDF, REF_DTYPE, WIDTH, Report,
                                            _as_dtype, _compare_grad_state, _compare_losses,
                                            _default_dtype, _images, _jit_step, _labels,
@@ -48,6 +53,7 @@ from tests.torch_ref import training as ttr
 
 K, HW = 3, (65, 97)
 G_LR, D_LR, NUM_STEPS = 2.5e-3, 1e-2, 10
+MAX_DRAWS = 6
 HP = dict(lambda_adv=0.5, lambda_semi_adv=0.5, lambda_semi=0.5, real_label_smoothing=0.1)
 TOLERANCES = {"float32": dict(loss=1e-5, param=1e-4, grad=0.25),
               "float64": dict(loss=1e-10, param=1e-10, grad=1e-10)}
@@ -182,9 +188,9 @@ def _compare_step(rep, prefix, tols, states, new, old, it, noise=None):
                       tols["grad"], noise.get("D momentum"))
 
 
-def _jax_matches(rep, precision, ref, mask_t, alt_seed, ref32=None):
-  tols = TOLERANCES[precision]
-  prefix = {"float32": "", "float64": "f64 "}[precision]
+def _trajectory(precision, ref, mask_t, alt_seed):
+  """The JAX step from the reference's initial weights over its batches: the train states
+  before each step and after the last (host copies), and each step's metrics."""
   np_dtype = {"float32": np.float32, "float64": np.float64}[precision]
   with jax.enable_x64(precision == "float64"):
     config = _config(precision, mask_t, alt_seed)
@@ -193,41 +199,127 @@ def _jax_matches(rep, precision, ref, mask_t, alt_seed, ref32=None):
     states = create_train_states(config, g_model, d_model, jax.random.key(0),
                                  g_variables=g_vars, d_params=d_params)
     step = _jit_step(config, g_model, d_model)
+    saved, metrics = [jax.device_get(states)], []
     for i, batch in enumerate(ref["batches"]):
-      states, metrics = step(states, _as_dtype(batch, np_dtype), jax.random.key(i))
-      metrics = jax.device_get(metrics)
-      assert float(metrics["labelled_turn"]) == float(i == 0), (i, metrics["labelled_turn"])
+      states, m = step(states, _as_dtype(batch, np_dtype), jax.random.key(i))
+      saved.append(jax.device_get(states))
+      metrics.append(jax.device_get(m))
+  return saved, metrics
+
+
+def _jax_matches(rep, precision, ref, saved, metrics, ref32=None):
+  tols = TOLERANCES[precision]
+  prefix = {"float32": "", "float64": "f64 "}[precision]
+  with jax.enable_x64(precision == "float64"):
+    for i, m in enumerate(metrics):
+      assert float(m["labelled_turn"]) == float(i == 0), (i, m["labelled_turn"])
       want = {k: v for k, v in ref["losses"][i].items() if k != "t_semi"}
       noise = ref32 and {k: v for k, v in ref32["losses"][i].items() if k != "t_semi"}
-      _compare_losses(rep, prefix, metrics, want, tols["loss"], noise)
-      _compare_step(rep, prefix, tols, states, ref["hist"][i + 1], ref["hist"][0], i,
+      _compare_losses(rep, prefix, m, want, tols["loss"], noise)
+      _compare_step(rep, prefix, tols, saved[i + 1], ref["hist"][i + 1], ref["hist"][0], i,
                     ref32 and ref32["hist"][i + 1])
 
 
-def _run(precisions):
-  t0 = time.time()
-  seed = _seed()
+D_CONVS = ("conv1", "conv2", "conv3", "conv4")
+
+
+def _branch_values(precision, batch, before, after, labelled, mask_t):
+  """Every value of step (`before` -> `after` states) whose sign picks a branch: G's
+  (float32_branches.generator_branch_values) on the step's images, D's leaky-ReLU inputs
+  (D on the labels and on G's softmax, then the updated D on G's softmax), and in an
+  unlabelled step the pseudo-labels' top-2 logit margins and D's confidence minus the
+  mask threshold."""
+  np_dtype = {"float32": np.float32, "float64": np.float64}[precision]
+  with jax.enable_x64(precision == "float64"):
+    config = _config(precision, mask_t)
+    g_model, d_model = build_generator(config.model), build_discriminator(config.disc)
+    stream = batch["labelled" if labelled else "unlabelled"]
+    images = np.asarray(stream["image"], np_dtype)
+    out, state = g_model.apply(
+        {"params": before.g.params, "batch_stats": before.g.batch_stats}, images, train=True,
+        mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+    values = fb.generator_branch_values(state["intermediates"])
+    out = out[-1] if isinstance(out, (list, tuple)) else out
+    logits = upsample_in_forward(out, images.shape[1:3])
+    probs = jax.nn.softmax(logits, axis=-1)
+    d_runs = [("D(G)", before, probs), ("updated D(G)", after, probs)]
+    if labelled:
+      labels = losses.one_hot_labels(background_labels(stream["label"]), K)
+      d_runs.append(("D(labels)", before, labels.astype(np_dtype)))
+    else:
+      values["pseudo-label argmax"] = fb.top2_margins(np.asarray(logits, np.float64))
+    for name, states, x in d_runs:
+      d_out, d_state = d_model.apply({"params": states.d.params["main"]}, x,
+                                     mutable=["intermediates"], capture_intermediates=True)
+      for conv, v in fb.discriminator_branch_values(d_state["intermediates"], D_CONVS).items():
+        values[f"{name} {conv}"] = v
+      if not labelled and name == "D(G)":
+        conf = losses.real_probability(d_out, config.method.gan)
+        values["mask threshold"] = np.asarray(conf, np.float64) - mask_t
+  return values
+
+
+def _float32_branch_risks(ref, saved32, saved64, mask_t):
+  """{'step i <where>': count} of the float32 run's units within rounding of a branch."""
+  risks = {}
+  for i, batch in enumerate(ref["batches"]):
+    v32 = _branch_values("float32", batch, saved32[i], saved32[i + 1], i == 0, mask_t)
+    v64 = _branch_values("float64", batch, saved64[i], saved64[i + 1], i == 0, mask_t)
+    risks.update({f"step {i} {k}": n for k, n in fb.risky_units(v32, v64).items()})
+  return risks
+
+
+def _derived_seed(base: int, draw: int) -> int:
+  return int(np.random.SeedSequence([base, draw]).generate_state(1)[0] >> 1)
+
+
+def _reference(seed):
   ref = iclr_torch(seed)
-  t_semi, record = ref["losses"][1]["t_semi"], ref["record"]
-  ratio = ref["losses"][1]["semi/mask_ratio"]
+  ratio, record = ref["losses"][1]["semi/mask_ratio"], ref["record"]
   assert 0.05 < ratio < 0.95, f"mask ratio {ratio} not partial (seed {seed})"
   assert record["gap"] > 1e-6, f"confidence gap {record['gap']:.2e} too small (seed {seed})"
-  alt_seed = _alternation_seed()
-  rep = Report(seed)
-  ref32 = None
-  if "float32" in precisions:
-    ref32 = iclr_torch(seed, dtype=torch.float32, t_semi=t_semi)
-    _jax_matches(rep, "float32", ref, t_semi, alt_seed, ref32)
-  if "float64" in precisions:
-    _jax_matches(rep, "float64", ref, t_semi, alt_seed)
+  return ref
+
+
+def _run(precisions, max_draws=MAX_DRAWS):
+  """Both precisions against the float64 reference.
+
+  A float32 comparison that fails is set aside when, and only when, its float32 run has
+  units within rounding of a branch (float32_branches): then the inputs are drawn again,
+  from seeds derived from the drawn one. A float32 failure without such a unit fails the
+  test, and so does a failure on every one of `max_draws` draws."""
+  t0 = time.time()
+  base, alt_seed = _seed(), _alternation_seed()
+  set_aside = []
+  for draw in range(max_draws):
+    seed = base if draw == 0 else _derived_seed(base, draw)
+    ref = _reference(seed)
+    t_semi = ref["losses"][1]["t_semi"]
+    saved64, metrics64 = _trajectory("float64", ref, t_semi, alt_seed)
+    rep = Report(seed)
+    if "float32" in precisions:
+      saved32, metrics32 = _trajectory("float32", ref, t_semi, alt_seed)
+      ref32 = iclr_torch(seed, dtype=torch.float32, t_semi=t_semi)
+      _jax_matches(rep, "float32", ref, saved32, metrics32, ref32)
+      risks = rep.failures and _float32_branch_risks(ref, saved32, saved64, t_semi)
+      if risks:
+        set_aside.append(f"seed {seed}: {len(rep.failures)} float32 checks failed; units "
+                         f"within rounding of a branch: {risks}")
+        continue
+    _jax_matches(rep, "float64", ref, saved64, metrics64)
+    break
+  else:
+    raise AssertionError(f"the float32 comparison failed on all {max_draws} draws from seed "
+                         f"{base}:\n" + "\n".join(set_aside))
   # The fixed ASPP trains all four branches and BN's affine parameters move.
   h0, h1 = ref["hist"][0]["G"], ref["hist"][1]["G"]
   for name in ("layer5.conv2d_list.3.weight", "bn1.weight"):
     assert not np.array_equal(h0[name], h1[name]), name
   # D is untouched by the unlabelled step.
   assert all(np.array_equal(ref["hist"][1]["D"][n], v) for n, v in ref["hist"][2]["D"].items())
-  print(f"t_semi {t_semi:.6f} (gap {record['gap']:.1e}), mask ratio {ratio:.3f}, "
-        f"total {time.time() - t0:.1f}s")
+  print(f"drawn from seed {base}; set aside: {set_aside or 'none'}")
+  print(f"t_semi {t_semi:.6f} (gap {ref['record']['gap']:.1e}), mask ratio "
+        f"{ref['losses'][1]['semi/mask_ratio']:.3f}, total {time.time() - t0:.1f}s")
   rep.finish("iclr2018 " + "+".join(precisions))
 
 
