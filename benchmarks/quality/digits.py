@@ -418,10 +418,6 @@ def score_json(workdir: str, scoring: Scoring) -> str:
   return os.path.join(workdir, scoring.file + ".json")
 
 
-def adabn_json(workdir: str) -> str:
-  return score_json(workdir, ADABN_VAL)
-
-
 def evaluate_runs(args: argparse.Namespace, plan: List[Dict[str, Any]], env: Dict[str, str],
                   scoring: Scoring) -> List[Tuple[str, int, str]]:
   """Scores each finished run of `scoring.cells` (kept in RUN/<scoring.file>.json, so a

@@ -77,11 +77,12 @@ def test_report_on_fake_runs(digits, tmp_path):
   root = str(tmp_path / "quick")
   _fake_table(digits, root, [0, 1, 2], 200)
   for s in (0, 1, 2):  # source_only with target BN statistics: the best source-only row
-    with open(digits.adabn_json(digits.run_dir(root, "source_only", s)), "w") as f:
+    wd = digits.run_dir(root, "source_only", s)
+    with open(digits.score_json(wd, digits.ADABN_VAL), "w") as f:
       json.dump({"miou": .16 + 0.01 * s}, f)
   # A stopped run (its summary still carries a score) and its target-BN score do not count.
   _fake_run(digits.run_dir(root, "lsgan", 2), .9, 80, status="preempted")
-  with open(digits.adabn_json(digits.run_dir(root, "lsgan", 2)), "w") as f:
+  with open(digits.score_json(digits.run_dir(root, "lsgan", 2), digits.ADABN_VAL), "w") as f:
     json.dump({"miou": .9}, f)
   rows = digits.collect(args, root)
   assert rows["lsgan"]["per_seed"] == pytest.approx({0: .18, 1: .19})
@@ -220,7 +221,7 @@ def test_adv_scales_add_paired_variants(digits, tmp_path):
                   "single": .15, "single@x10": .20, "oracle": .60}.items():
     for s in (0, 1):
       _fake_run(digits.run_dir(root, cell, s), v + .01 * s, 1500)
-  with open(digits.adabn_json(digits.run_dir(root, "single@x10", 0)), "w") as f:
+  with open(digits.score_json(digits.run_dir(root, "single@x10", 0), digits.ADABN_VAL), "w") as f:
     json.dump({"miou": .25}, f)
   rows = digits.collect(args, root)
   assert rows["single@x10+adabn"]["per_seed"] == {0: .25}
