@@ -34,9 +34,9 @@ import numpy as np
 import pytest
 import torch
 
+from advseg_jax import losses
 from advseg_jax.config.defaults import base_config
 from advseg_jax.config.validation import validate
-from advseg_jax import losses
 from advseg_jax.methods.iclr2018 import background_labels, labelled_turn, upsample_in_forward
 from advseg_jax.models import build_discriminator, build_generator
 from advseg_jax.train import optim
@@ -229,7 +229,7 @@ def _branch_values(precision, batch, before, after, labelled, mask_t):
   (D on the labels and on G's softmax, then the updated D on G's softmax), and in an
   unlabelled step the pseudo-labels' top-2 logit margins and D's confidence minus the
   mask threshold."""
-  np_dtype = {"float32": np.float32, "float64": np.float64}[precision]
+  np_dtype = np.dtype(precision)
   with jax.enable_x64(precision == "float64"):
     config = _config(precision, mask_t)
     g_model, d_model = build_generator(config.model), build_discriminator(config.disc)
@@ -239,7 +239,6 @@ def _branch_values(precision, batch, before, after, labelled, mask_t):
         {"params": before.g.params, "batch_stats": before.g.batch_stats}, images, train=True,
         mutable=["batch_stats", "intermediates"], capture_intermediates=True)
     values = fb.generator_branch_values(state["intermediates"])
-    out = out[-1] if isinstance(out, (list, tuple)) else out
     logits = upsample_in_forward(out, images.shape[1:3])
     probs = jax.nn.softmax(logits, axis=-1)
     d_runs = [("D(G)", before, probs), ("updated D(G)", after, probs)]
