@@ -10,21 +10,29 @@ the other branch on other units.
 
 `risky_units` finds them by replaying the forward passes of a step in both precisions and
 counting the values whose float64 margin is within RISK x their own float32 error. A parity
-test whose float32 run has such a unit draws new inputs rather than compare across a branch.
+test whose float32 run has such a unit draws new inputs rather than compare across a branch
+(`draw_until_float32_resolves`); `step_branch_values` replays a generic train step's passes.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable
+import dataclasses
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import numpy as np
 
+from advseg_jax import methods
 from advseg_jax.models import layers
+from advseg_jax.train import steps
 
 # A replayed forward pass and the step's own one round differently only in the last bits;
 # twice the replay's error covers the step's.
 RISK = 2.0
+# Draws of a parity test before a float32 failure counts whatever its branch risks.
+MAX_DRAWS = 6
+# The leaky-ReLU convs of the FC discriminators (the classifier conv has no activation).
+D_CONVS = ("conv1", "conv2", "conv3", "conv4")
 
 
 def _flat_outputs(intermediates) -> Dict[str, np.ndarray]:
@@ -96,3 +104,69 @@ def risky_units(values32: Dict[str, np.ndarray], values64: Dict[str, np.ndarray]
     if n:
       out[name] = n
   return out
+
+
+def recording_context(ctx: methods.Context, g_model, d_model,
+                      values: Dict[str, np.ndarray]) -> methods.Context:
+  """`ctx` whose G and D calls also store their branch values in `values`, keyed by call
+  order: 'G1 layer4/block0/add', 'D2 conv3'. Replays must run eagerly (not under jit)."""
+  calls = {"G": 0, "D": 0}
+
+  def g_apply(params, batch_stats, images, train):
+    out, state = g_model.apply({"params": params, "batch_stats": batch_stats}, images,
+                               train=train, mutable=["batch_stats", "intermediates"],
+                               capture_intermediates=True)
+    calls["G"] += 1
+    for name, v in generator_branch_values(state["intermediates"]).items():
+      values[f"G{calls['G']} {name}"] = v
+    return (out if isinstance(out, tuple) else (out,)), state["batch_stats"]
+
+  def d_apply(level_params, *inputs):
+    out, state = d_model.apply({"params": level_params}, *inputs, mutable=["intermediates"],
+                               capture_intermediates=True)
+    calls["D"] += 1
+    for name, v in discriminator_branch_values(state["intermediates"], D_CONVS).items():
+      values[f"D{calls['D']} {name}"] = v
+    return out
+
+  return dataclasses.replace(ctx, g_apply=g_apply, d_apply=d_apply)
+
+
+def step_branch_values(config: Any, g_model, d_model, states, batch) -> Dict[str, np.ndarray]:
+  """The branch values of one generic train step (`advseg_jax.train.steps`, iter_size 1, no
+  instance noise) from `states`: every G and D call of the method's G loss, then of its D
+  loss. Not covered: branches inside a method's own code (pseudo-label argmax, mask
+  threshold), which its test guards itself."""
+  method = methods.get_method(config.method.name)
+  values: Dict[str, np.ndarray] = {}
+  ctx = recording_context(steps.make_context(config, g_model, d_model, None), g_model, d_model,
+                          values)
+  _, (_, _, d_inputs) = method.generator_loss(ctx, states.g.params, states.g.batch_stats,
+                                              states.d.params, batch, states.step)
+  method.discriminator_loss(ctx, states.d.params, jax.lax.stop_gradient(d_inputs), batch)
+  return values
+
+
+def derived_seed(base: int, draw: int) -> int:
+  """The seed of draw `draw` (> 0) of a test drawn from seed `base` (31 bits)."""
+  return int(np.random.SeedSequence([base, draw]).generate_state(1)[0] >> 1)
+
+
+def draw_until_float32_resolves(base: int, run_draw: Callable[[int], Optional[Dict[str, int]]],
+                                max_draws: int = MAX_DRAWS) -> Tuple[int, List[str]]:
+  """Runs `run_draw(seed)` on `base`, then on seeds derived from it, until one returns None.
+
+  `run_draw` compares one draw and returns None when it passed, or {where: count} of the
+  float32 run's units within rounding of a branch when its float32 comparison failed with
+  some (that draw is set aside); any other failure it raises. Returns (the passing seed,
+  the set-aside draws); fails when all `max_draws` draws are set aside."""
+  set_aside = []
+  for draw in range(max_draws):
+    seed = base if draw == 0 else derived_seed(base, draw)
+    risks = run_draw(seed)
+    if not risks:
+      return seed, set_aside
+    set_aside.append(f"seed {seed}: float32 failed; units within rounding of a branch: "
+                     f"{risks}")
+  raise AssertionError(f"the float32 comparison failed on all {max_draws} draws from seed "
+                       f"{base}:\n" + "\n".join(set_aside))

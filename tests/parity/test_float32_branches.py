@@ -5,9 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advseg_jax.models import DeepLabV2, FCDiscriminator, layers
+from advseg_jax.models import DeepLabV2, FCDiscriminator, build_discriminator, build_generator
+from advseg_jax.models import layers
+from advseg_jax.train.state import create_train_states
 from tests.parity import float32_branches as fb
 from tests.parity import test_iclr2018_parity as ticlr
+from tests.parity import test_step_parity as tsp
 
 
 def test_risky_units_counts_values_within_their_own_error_of_zero():
@@ -53,8 +56,73 @@ def test_discriminator_branch_values_are_the_conv_outputs():
   params = model.init(jax.random.key(0), x)["params"]
   _, state = model.apply({"params": params}, x, mutable=["intermediates"],
                          capture_intermediates=True)
-  values = fb.discriminator_branch_values(state["intermediates"], ticlr.D_CONVS)
+  values = fb.discriminator_branch_values(state["intermediates"], fb.D_CONVS)
   assert [v.shape[-1] for v in values.values()] == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("bn_domains, g_passes", [("separate", 2), ("joint", 1)])
+def test_step_branch_values_replay_every_pass_of_the_step(bn_domains, g_passes):
+  """AdaptSegNet multi-level: G once per stream ('separate') or once on both ('joint'); D on
+  target maps in G's loss (2 levels), then on source and target maps in D's (2 x 2)."""
+  config = tsp._config("adaptseg", 3, bn_domains=bn_domains, **tsp.ADAPTSEG_HP)
+  g_model, d_model = build_generator(config.model), build_discriminator(config.disc)
+  states = create_train_states(config, g_model, d_model, jax.random.key(0))
+  rng = np.random.default_rng(3)
+  batch = {s: {"image": tsp._images(rng, 2, 49, 65), "label": tsp._labels(rng, 2, 49, 65, 3)}
+           for s in ("source", "target")}
+  values = fb.step_branch_values(config, g_model, d_model, states, batch)
+  passes = {k.split()[0] for k in values}
+  assert passes == {f"G{i + 1}" for i in range(g_passes)} | {f"D{i + 1}" for i in range(6)}
+  first = batch["source"]["image"]
+  if bn_domains == "joint":
+    first = np.concatenate([first, batch["target"]["image"]])
+  _, state = g_model.apply({"params": states.g.params, "batch_stats": states.g.batch_stats},
+                           first, train=True, mutable=["batch_stats", "intermediates"],
+                           capture_intermediates=True)
+  want = fb.generator_branch_values(state["intermediates"])
+  np.testing.assert_array_equal(values["G1 layer4/block0/add"], want["layer4/block0/add"])
+  assert values["D1 conv4"].shape[0] == 2  # G's loss: D on the 2 target maps
+
+
+def test_draws_are_set_aside_only_while_they_report_branch_risks():
+  seen = []
+
+  def run_draw(seed):
+    seen.append(seed)
+    return {"step 1 layer4/block0/add": 1} if len(seen) < 3 else None
+
+  seed, set_aside = fb.draw_until_float32_resolves(7, run_draw)
+  assert seen == [7, fb.derived_seed(7, 1), fb.derived_seed(7, 2)] and seed == seen[-1]
+  assert len(set(seen)) == 3 and len(set_aside) == 2 and "layer4/block0/add" in set_aside[0]
+  with pytest.raises(AssertionError, match="failed on all 2 draws from seed 7"):
+    fb.draw_until_float32_resolves(7, lambda seed: {"step 0 bn1": 1}, max_draws=2)
+
+
+def _one_percent_off(saved, layer):
+  """`saved` with the last step's update of G's `layer`/conv0 made 1% larger."""
+  before, after = saved[-2].g.params, saved[-1].g.params
+  head = dict(after[layer])
+  head["conv0"] = jax.tree_util.tree_map(lambda a, b: b + 0.01 * (b - a),
+                                         before[layer]["conv0"], after[layer]["conv0"])
+  params = {**after, layer: head}
+  saved[-1] = saved[-1].replace(g=saved[-1].g.replace(params=params))
+  return saved
+
+
+@pytest.mark.slow
+def test_a_float32_error_fails_the_step_comparison(monkeypatch):
+  """AdaptSegNet: a float32 run off by 1% of one tensor's update fails."""
+  trajectory = tsp._trajectory
+
+  def off_by_one_percent(precision, *args):
+    saved, metrics = trajectory(precision, *args)
+    if precision == "float32":
+      saved = _one_percent_off(saved, "layer6")
+    return saved, metrics
+
+  monkeypatch.setattr(tsp, "_trajectory", off_by_one_percent)
+  with pytest.raises(AssertionError, match="layer6.conv2d_list.0|float32 comparison failed"):
+    tsp._adaptseg_draws("vanilla", ("float32", "float64"), max_draws=1)
 
 
 @pytest.mark.slow
@@ -65,12 +133,7 @@ def test_a_float32_error_fails_the_iclr2018_comparison(monkeypatch):
   def off_by_one_percent(precision, *args):
     saved, metrics = trajectory(precision, *args)
     if precision == "float32":
-      before, after = saved[-2].g.params, saved[-1].g.params
-      head = dict(after["layer5"])
-      head["conv0"] = jax.tree_util.tree_map(lambda a, b: b + 0.01 * (b - a),
-                                             before["layer5"]["conv0"], after["layer5"]["conv0"])
-      params = {**after, "layer5": head}
-      saved[-1] = saved[-1].replace(g=saved[-1].g.replace(params=params))
+      saved = _one_percent_off(saved, "layer5")
     return saved, metrics
 
   monkeypatch.setattr(ticlr, "_trajectory", off_by_one_percent)
