@@ -98,29 +98,31 @@ def test_draws_are_set_aside_only_while_they_report_branch_risks():
     fb.draw_until_float32_resolves(7, lambda seed: {"step 0 bn1": 1}, max_draws=2)
 
 
-def _make_float32_update_one_percent_off(monkeypatch, test_module, layer):
+def _make_float32_update_off(monkeypatch, test_module, layer, share):
   """Patches `test_module._trajectory` so that its float32 run's last update of G's
-  `layer`/conv0 is 1% larger."""
+  `layer`/conv0 is larger by `share` of itself."""
   trajectory = test_module._trajectory
 
-  def off_by_one_percent(precision, *args):
+  def off(precision, *args):
     saved, metrics = trajectory(precision, *args)
     if precision == "float32":
       before, after = saved[-2].g.params, saved[-1].g.params
       head = dict(after[layer])
-      head["conv0"] = jax.tree_util.tree_map(lambda a, b: b + 0.01 * (b - a),
+      head["conv0"] = jax.tree_util.tree_map(lambda a, b: b + share * (b - a),
                                              before[layer]["conv0"], after[layer]["conv0"])
       params = {**after, layer: head}
       saved[-1] = saved[-1].replace(g=saved[-1].g.replace(params=params))
     return saved, metrics
 
-  monkeypatch.setattr(test_module, "_trajectory", off_by_one_percent)
+  monkeypatch.setattr(test_module, "_trajectory", off)
 
 
 @pytest.mark.slow
 def test_a_float32_error_fails_the_step_comparison(monkeypatch):
-  """AdaptSegNet: a float32 run off by 1% of one tensor's update fails."""
-  _make_float32_update_one_percent_off(monkeypatch, tsp, "layer6")
+  """AdaptSegNet: a float32 run off by 10% of one tensor's update fails (this test's
+  parameter error is relative to the parameter, where 1% of an update is ~1e-4, at the
+  tolerance)."""
+  _make_float32_update_off(monkeypatch, tsp, "layer6", 0.1)
   with pytest.raises(AssertionError, match="layer6.conv2d_list.0|float32 comparison failed"):
     tsp._adaptseg_draws("vanilla", ("float32", "float64"), max_draws=1)
 
@@ -128,6 +130,6 @@ def test_a_float32_error_fails_the_step_comparison(monkeypatch):
 @pytest.mark.slow
 def test_a_float32_error_fails_the_iclr2018_comparison(monkeypatch):
   """A float32 run off by 1% of one tensor's update fails, with or without branch risks."""
-  _make_float32_update_one_percent_off(monkeypatch, ticlr, "layer5")
+  _make_float32_update_off(monkeypatch, ticlr, "layer5", 0.01)
   with pytest.raises(AssertionError, match="layer5.conv2d_list.0|float32 comparison failed"):
     ticlr._run(("float32", "float64"), max_draws=1)
