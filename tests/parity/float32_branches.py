@@ -135,8 +135,9 @@ def recording_context(ctx: methods.Context, g_model, d_model,
 def step_branch_values(config: Any, g_model, d_model, states, batch) -> Dict[str, np.ndarray]:
   """The branch values of one generic train step (`advseg_jax.train.steps`, iter_size 1, no
   instance noise) from `states`: every G and D call of the method's G loss, then of its D
-  loss. Not covered: branches inside a method's own code (pseudo-label argmax, mask
-  threshold), which its test guards itself."""
+  loss. Not covered: branches inside a method's own code, such as AdvSemiSeg's mask
+  threshold (its test requires a confidence gap instead) and pseudo-label argmax (not
+  guarded)."""
   method = methods.get_method(config.method.name)
   values: Dict[str, np.ndarray] = {}
   ctx = recording_context(steps.make_context(config, g_model, d_model, None), g_model, d_model,

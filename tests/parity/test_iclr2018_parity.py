@@ -40,13 +40,13 @@ from advseg_jax.config.validation import validate
 from advseg_jax.methods.iclr2018 import background_labels, labelled_turn, upsample_in_forward
 from advseg_jax.models import build_discriminator, build_generator
 from advseg_jax.train import optim
-from advseg_jax.train.state import create_train_states
 
 from tests.parity import float32_branches as fb
 from tests.parity.test_step_parity import (DEPTHS, NDF, REF_DTYPE, WIDTH, Report,
-                                           _as_dtype, _compare_grad_state, _compare_losses,
-                                           _default_dtype, _images, _jit_step, _labels,
-                                           _pick_mask_t, _seed, _template)
+                                           _compare_grad_state, _compare_losses,
+                                           _default_dtype, _images, _labels, _pick_mask_t,
+                                           _seed, _template)
+from tests.parity.test_step_parity import _trajectory as step_trajectory
 from tests.torch_ref import iclr2018 as ti
 from tests.torch_ref import models as tr
 from tests.torch_ref import training as ttr
@@ -188,22 +188,9 @@ def _compare_step(rep, prefix, tols, states, new, old, it, noise=None):
 
 
 def _trajectory(precision, ref, mask_t, alt_seed):
-  """The JAX step from the reference's initial weights over its batches: the train states
-  before each step and after the last (host copies), and each step's metrics."""
-  np_dtype = {"float32": np.float32, "float64": np.float64}[precision]
-  with jax.enable_x64(precision == "float64"):
-    config = _config(precision, mask_t, alt_seed)
-    g_model, d_model = build_generator(config.model), build_discriminator(config.disc)
-    g_vars, d_params = _as_dtype(ref["init"], np_dtype)
-    states = create_train_states(config, g_model, d_model, jax.random.key(0),
-                                 g_variables=g_vars, d_params=d_params)
-    step = _jit_step(config, g_model, d_model)
-    saved, metrics = [jax.device_get(states)], []
-    for i, batch in enumerate(ref["batches"]):
-      states, m = step(states, _as_dtype(batch, np_dtype), jax.random.key(i))
-      saved.append(jax.device_get(states))
-      metrics.append(jax.device_get(m))
-  return saved, metrics
+  """test_step_parity's `_trajectory` under this test's config: the train states before
+  each step and after the last (host copies), and each step's metrics."""
+  return step_trajectory(precision, lambda dtype: _config(dtype, mask_t, alt_seed), ref)
 
 
 def _jax_matches(rep, precision, ref, saved, metrics, ref32=None):
